@@ -1,0 +1,11 @@
+"""Records shared by every ComMer job (pydantic) and their Arrow/Parquet form."""
+from schemas.arrow import (arrow_schema, from_table, read_metadata, read_parquet, tensor_column, to_row,
+                           to_table, write_parquet)
+from schemas.records import (SCHEMA_VERSION, DeadLetter, Document, DocumentCompression, Prediction, Profile,
+                             Query, utc_now)
+
+__all__ = [
+    "SCHEMA_VERSION", "DeadLetter", "Document", "DocumentCompression", "Prediction", "Profile", "Query",
+    "arrow_schema", "from_table", "read_metadata", "read_parquet", "tensor_column", "to_row", "to_table",
+    "utc_now", "write_parquet",
+]

@@ -1,0 +1,123 @@
+"""The records every job exchanges, as pydantic models: the single source of truth.
+
+Each field's Python type also decides its Arrow type (see schemas.arrow), so validation and
+storage cannot drift apart. Tensor fields (soft prompts, compressions) hold numpy arrays of
+shape K×d; K and d come from the checkpoint, so the Arrow schema is built per (K, d).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Optional
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+
+SCHEMA_VERSION = 1
+
+
+class TensorSpec:
+    """Marks a field as a K×d tensor stored with the given numpy dtype."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+
+
+def _tensor(dtype: str):
+    return Annotated[
+        np.ndarray,
+        BeforeValidator(lambda v: np.asarray(v, dtype=dtype)),
+        PlainSerializer(lambda v: np.asarray(v).tolist(), return_type=list),
+        TensorSpec(dtype),
+    ]
+
+
+Float32Tensor = _tensor("float32")
+Float64Tensor = _tensor("float64")
+NonEmptyId = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=False)
+
+
+class Document(Record):
+    """One user document: the main job's input."""
+
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True, str_strict=True)
+
+    user_id: NonEmptyId = Field(description="The user the document belongs to.")
+    doc_id: NonEmptyId = Field(description="Unique within a user; refresh and deletion key on it.")
+    text: str = Field(description="The document's text; must be non-empty after stripping whitespace.")
+    created_at: Optional[datetime] = Field(None, description="When the document was written, if known.")
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text is empty after stripping whitespace")
+        return value
+
+
+class Profile(Record):
+    """One user's merged soft prompt, plus the state that makes the next refresh exact."""
+
+    user_id: NonEmptyId = Field(description="The user.")
+    doc_count: int = Field(ge=0, description="Documents merged into the soft prompt.")
+    soft_prompt: Float32Tensor = Field(description="Mean of the user's document compressions, K×d.")
+    soft_prompt_sum: Float64Tensor = Field(description="float64 sum of the compressions, K×d: refresh adds to it exactly.")
+    doc_ids: list[str] = Field(description="Sorted doc_ids already merged: refresh skips them (idempotent).")
+    model_fingerprint: str = Field(description="Fingerprint of the checkpoint that compressed the documents.")
+    updated_at: datetime = Field(default_factory=utc_now, description="When this profile was last changed.")
+
+
+class DocumentCompression(Record):
+    """One document's compression: enables exact deletion and query-time merging."""
+
+    user_id: NonEmptyId = Field(description="The user.")
+    doc_id: NonEmptyId = Field(description="The document.")
+    compression: Float32Tensor = Field(description="The document's K×d compression.")
+    model_fingerprint: str = Field(description="Fingerprint of the checkpoint that compressed it.")
+
+
+class Query(Record):
+    """A request to generate for a user: the generate job's input."""
+
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+
+    user_id: NonEmptyId = Field(description="The user whose profile personalises the answer.")
+    query_id: NonEmptyId = Field(description="Unique id of the query.")
+    instruction: str = Field(min_length=1, description="What to generate.")
+    reference: Optional[str] = Field(None, description="Reference answer, for perplexity and ROUGE.")
+
+
+class Prediction(Record):
+    """A generated answer: the generate job's output, the evaluate job's input."""
+
+    user_id: NonEmptyId = Field(description="The user.")
+    query_id: NonEmptyId = Field(description="The query answered.")
+    prediction: str = Field(description="The generated text.")
+    personalized: bool = Field(description="False when the user had no profile (generated without a soft prompt).")
+    doc_count: int = Field(0, ge=0, description="Documents in the profile used (0 when not personalised).")
+    reference: Optional[str] = Field(None, description="The query's reference answer, if it had one.")
+    perplexity: Optional[float] = Field(None, description="Perplexity of the reference given the soft prompt.")
+    prompt_tokens: int = Field(0, ge=0, description="Positions the generator processed before answering.")
+    model_fingerprint: str = Field(description="Fingerprint of the checkpoint used.")
+
+
+class DeadLetter(Record):
+    """An input record that could not be used, and why.
+
+    This is a data output (access-controlled like the input), never a log line: it may keep the
+    raw record so nothing is lost; logs and metrics only ever see ids and reasons.
+    """
+
+    stage: str = Field(description="Where it was rejected (parse, validate, duplicate, ...).")
+    reason: str = Field(description="Why, in words a data engineer can act on.")
+    source: str = Field("", description="Input file it came from, when known.")
+    user_id: Optional[str] = Field(None, description="The record's user_id, when it could be read.")
+    doc_id: Optional[str] = Field(None, description="The record's doc_id, when it could be read.")
+    record: Optional[str] = Field(None, description="The raw record as read (decoded text, or a hex prefix of undecodable bytes).")
