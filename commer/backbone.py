@@ -119,10 +119,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
         _write_identity(tmp, BackboneIdentity(DEFAULT_BACKBONE_NAME, hash_model_folder(tmp)))
 
-    _publish_atomically(target, write, _IDENTITY_FILE)
+    publish_atomically(target, write, _IDENTITY_FILE)
 
 
-def _publish_atomically(target: Path, write, marker: str) -> None:
+def publish_atomically(target: Path, write, marker: str) -> None:
     """Fill a temp folder beside `target`, then rename it into place.
 
     Two processes doing the same first-time work cannot leave a half-written folder: the
@@ -160,7 +160,7 @@ def resolve_backbone(reference: str = DEFAULT_BACKBONE, cache: str | os.PathLike
         key = hashlib.sha256(reference.encode()).hexdigest()[:16]
         target = cache_dir(cache) / "remote" / key
         if not (target / "config.json").exists():
-            _publish_atomically(target, lambda tmp: storage.download_dir(reference, tmp), "config.json")
+            publish_atomically(target, lambda tmp: storage.download_dir(reference, tmp), "config.json")
         return target
     folder = Path(reference)
     if not (folder / "config.json").exists():
