@@ -104,11 +104,17 @@ def write_parquet(records: Iterable[Record], path: str, schema: pa.Schema) -> No
 
 
 def read_parquet(path: str) -> pa.Table:
-    """Read a file or folder of Parquet files, local or remote, keeping schema metadata."""
+    """Read a Parquet file, or every *.parquet under a folder, local or remote (schema metadata kept)."""
     import pyarrow.dataset as ds
 
     from commer.storage import filesystem
     fs, root = filesystem(path)
+    if fs.isdir(root):
+        # Only the Parquet shards: a job folder may also hold summaries or temp files.
+        files = sorted(f for f in fs.find(root) if f.endswith(".parquet"))
+        if not files:
+            raise FileNotFoundError(f"no .parquet files under {path}")
+        return ds.dataset(files, filesystem=fs, format="parquet").to_table()
     return ds.dataset(root, filesystem=fs, format="parquet").to_table()
 
 

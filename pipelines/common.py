@@ -1,0 +1,86 @@
+"""What every ComMer Beam job shares: model flags, one model per worker process, CLI errors.
+
+Jobs define their own PipelineOptions subclass for their flags and mix in ModelOptions.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Callable, Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+log = logging.getLogger(__name__)
+
+# Runners that never try to download anything (Beam 2.77 would otherwise fetch Prism first).
+LOCAL_RUNNER = "DirectRunner"
+
+
+class CliError(Exception):
+    """A user error with a fix; the CLI prints it (naming the flag) without a traceback."""
+
+
+class ModelOptions(PipelineOptions):
+    """Flags that choose and place the ComMer model."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--checkpoint", default=None,
+                            help="ComMer checkpoint folder (local or gs://). Default: the checkpoint bundled "
+                                 "with the package (a seeded untrained one if none is bundled).")
+        parser.add_argument("--backbone", default=None,
+                            help="Override the checkpoint's backbone reference (an HF folder, local or gs://). "
+                                 "It must be the same model: its content hash is checked.")
+        parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                            help="Backbone precision.")
+        parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                            help="Where the model runs on each worker.")
+        parser.add_argument("--cache_dir", default=None,
+                            help="Where converted/downloaded backbones are cached (default $COMMER_CACHE_DIR "
+                                 "or ~/.cache/commer).")
+
+
+def resolve_checkpoint(options: ModelOptions) -> str:
+    from commer.defaults import default_checkpoint
+    return options.checkpoint or default_checkpoint(options.cache_dir)
+
+
+_MODELS: dict[tuple, object] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None):
+    """The ComMer model for these settings, loaded once per process and shared by its threads."""
+    key = (checkpoint, backbone, dtype, device, cache)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            import torch
+
+            from commer import ComMer
+            if device == "cuda" and not torch.cuda.is_available():
+                raise CliError("--device=cuda was given but this worker has no CUDA device; use --device=cpu")
+            model = ComMer.from_pretrained(checkpoint, backbone=backbone, dtype=dtype, cache=cache)
+            _MODELS[key] = model.to(device).eval()
+        return _MODELS[key]
+
+
+def with_local_runner(argv: Sequence[str]) -> list[str]:
+    """argv with --runner=DirectRunner added when no runner was named."""
+    argv = list(argv)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in argv):
+        argv.append(f"--runner={LOCAL_RUNNER}")
+    return argv
+
+
+def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a job's main; user errors print one clear line and exit 2, never a traceback."""
+    from commer import BackboneError, CheckpointError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = main(list(sys.argv[1:] if argv is None else argv))
+    except (CliError, BackboneError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
