@@ -1,0 +1,107 @@
+"""Compression throughput of the model against the raw backbone forward over the same text.
+
+Reference (same process, same length-sorted batches, inference mode, no framework): the
+backbone's decoder stack over (a) the documents' tokens alone and (b) the documents plus K
+extra positions — (b) is the work a compression cannot avoid, so it is the real ceiling.
+Reports documents/s, tokens/s, padding efficiency (real / processed positions) and FLOP
+utilisation (2 × non-embedding parameters × positions / time, against a matmul rate
+measured in the same run), for float32 and optionally bfloat16 (with the compressions'
+deviation from float32).
+
+    python -m benchmarks.compression_forward [--data PATH] [--documents 512] [--dtypes float32,bfloat16]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.common import DEFAULT_NEWS, matmul_flops_per_second, news_by_author, news_document, print_table
+from commer import ComMer
+
+
+def length_sorted_batches(token_ids: list[list[int]], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def padding_efficiency(token_ids, batches, extra: int) -> float:
+    real = sum(len(token_ids[i]) + extra for b in batches for i in b)
+    processed = sum(len(b) * (max(len(token_ids[i]) for i in b) + extra) for b in batches)
+    return real / processed
+
+
+@torch.inference_mode()
+def raw_forward_seconds(model: ComMer, token_ids, batches, extra: int) -> float:
+    """The bare decoder over each batch (right-padded, causal), with `extra` positions added."""
+    body = model.lm.get_base_model().base_model
+    pad = model.tokenizer.pad_token_id
+    start = time.perf_counter()
+    for batch in batches:
+        width = max(len(token_ids[i]) for i in batch) + extra
+        ids = torch.full((len(batch), width), pad)
+        for row, i in enumerate(batch):
+            ids[row, : len(token_ids[i])] = torch.tensor(token_ids[i])
+        body(input_ids=ids)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def compress_seconds(model: ComMer, token_ids, batches) -> tuple[float, torch.Tensor]:
+    out = torch.empty(len(token_ids), model.K, model.hidden_size)
+    start = time.perf_counter()
+    for batch in batches:
+        out[batch] = model.compress_token_ids([token_ids[i] for i in batch])
+    return time.perf_counter() - start, out
+
+
+def non_embedding_parameters(model: ComMer) -> int:
+    body = model.lm.get_base_model().base_model
+    embedding = body.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in body.parameters()) - embedding
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=DEFAULT_NEWS, help="HuffPost news JSONL (see ../shared/data/README.md).")
+    parser.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled one).")
+    parser.add_argument("--documents", type=int, default=512, help="Documents to compress.")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--dtypes", default="float32", help="Comma list of float32,bfloat16.")
+    args = parser.parse_args(argv)
+
+    from commer.defaults import default_checkpoint
+    rows = [r for group in news_by_author(args.data).values() for r in group][: args.documents]
+    texts = [news_document(r) for r in rows]
+    table, reference = [], None
+    for dtype in args.dtypes.split(","):
+        model = ComMer.from_pretrained(args.checkpoint or default_checkpoint(), dtype=dtype)
+        ids, _ = model.tokenize_documents(texts)
+        batches = length_sorted_batches(ids, args.batch_size)
+        n_tokens = sum(map(len, ids))
+        params = non_embedding_parameters(model)
+        rate = matmul_flops_per_second(torch.float32 if dtype == "float32" else torch.bfloat16)
+        compress_seconds(model, ids, batches[:2])  # warm-up
+        raw_docs = raw_forward_seconds(model, ids, batches, 0)
+        raw_k = raw_forward_seconds(model, ids, batches, model.K)
+        seconds, out = compress_seconds(model, ids, batches)
+        deviation = ""
+        if reference is None:
+            reference = out
+        else:
+            deviation = f"{((out - reference).norm() / reference.norm()).item():.2e}"
+        positions = n_tokens + model.K * len(ids)
+        for name, t, work in [("raw forward, documents", raw_docs, n_tokens),
+                              ("raw forward, documents + K", raw_k, positions),
+                              ("ComMer.compress", seconds, positions)]:
+            table.append([dtype, name, len(ids) / t, n_tokens / t, raw_k / t,
+                          padding_efficiency(ids, batches, 0 if work == n_tokens else model.K),
+                          2 * params * work / t / rate, deviation if name == "ComMer.compress" else ""])
+        print(f"{dtype}: matmul rate {rate / 1e9:.0f} GFLOP/s, {n_tokens / len(ids):.1f} tokens/document, K={model.K}")
+    return print_table(["dtype", "what", "docs/s", "doc tokens/s", "vs raw docs+K", "padding eff.",
+                        "FLOP util.", "rel. dev. vs fp32"], table)
+
+
+if __name__ == "__main__":
+    main()
