@@ -63,3 +63,32 @@ def print_table(headers: list[str], rows: list[list]) -> str:
     text = "\n".join(lines)
     print(text)
     return text
+
+
+def run_measured(module: str, args: list[str], env: dict | None = None) -> dict:
+    """Run a job module in a fresh child process; its wall time, peak RSS and output."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.measured", module, *args],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("MEASURED ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {**json.loads(lines[-1][len("MEASURED "):]), "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def write_jsonl(rows, path) -> str:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def news_documents(path: str = DEFAULT_NEWS, limit: int | None = None) -> list[dict]:
+    """HuffPost rows as ComMer input documents: user = author, doc_id = article link."""
+    docs = [{"user_id": author, "doc_id": r["link"], "text": news_document(r)}
+            for author, rows in news_by_author(path).items() for r in rows]
+    return docs[:limit] if limit else docs
