@@ -19,7 +19,6 @@ none (no personalisation), all on the same frozen backbone so quality and prompt
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -34,6 +33,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import BaseModel, Field, ValidationError
 
 from pipelines.common import CliError, ModelOptions, resolve_checkpoint, run_cli, shared_model, with_local_runner
+from pipelines.flags import parse_flags, print_help, tolerant
 from pipelines.in_prompt import bm25_tokens, fit_documents
 from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, read_metadata, tensor_column
 
@@ -52,6 +52,7 @@ class GenerateOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        parser = tolerant(parser)
         parser.add_argument("--profiles", default=None,
                             help="Profiles table from compress_users: its output folder (profiles/ inside is used), "
                                  "the profiles folder, or one .parquet file. Needed with --mode=commer.")
@@ -159,14 +160,13 @@ class ParseRecords(beam.DoFn):
     def process(self, element):
         source, raw = element if isinstance(element, tuple) else (self.source, element)
         if isinstance(raw, str) and not raw.strip():
-            return  # a blank line is not a record
+            return []  # a blank line is not a record
         self.read.inc()
         record, dead = parse_record(raw, self.record_type, source, self.kind)
         if dead is not None:
             self.rejected.inc()
-            yield beam.pvalue.TaggedOutput("dead", dead)
-        else:
-            yield record.model_dump(mode="python")
+            return [beam.pvalue.TaggedOutput("dead", dead)]
+        return [record.model_dump(mode="python")]
 
 
 def read_records(pipeline, path: str, record_type, kind: str):
@@ -251,8 +251,10 @@ class PlanUser(beam.DoFn):
     def process(self, element):
         user_id, groups = element
         queries = sorted(groups["queries"], key=lambda q: q["query_id"])
-        if not queries:
-            return
+        # Users with a profile but no query: nothing to do (the join still had to see them).
+        return list(self._plan(user_id, queries, groups)) if queries else []
+
+    def _plan(self, user_id, queries, groups):
         soft, doc_count, ranked = None, 0, None
         if self.settings.mode == "commer":
             profiles = list(groups.get("profiles", []))
@@ -398,7 +400,7 @@ def _remove_stale(path_prefix: str) -> None:
         fs.rm(stale)
 
 
-def build(pipeline, opts: GenerateOptions, settings: GenerationSettings, profile_shards: list[str]):
+def build(pipeline, opts, settings: GenerationSettings, profile_shards: list[str]):
     """Wire the job into `pipeline`; returns nothing (the sinks are the outputs)."""
     queries, query_dead = read_records(pipeline, opts.queries, Query, "query")
     grouped = {"queries": queries | "KeyQueries" >> beam.Map(lambda q: (q["user_id"], q))}
@@ -453,11 +455,11 @@ def _count_prediction(row: dict) -> dict:
     return row
 
 
-def dead_letter_folder(opts: GenerateOptions) -> str:
+def dead_letter_folder(opts) -> str:
     return (opts.dead_letters or f"{opts.output.rstrip('/')}/dead_letters").rstrip("/")
 
 
-def settings_from(opts: GenerateOptions, model: ModelOptions) -> GenerationSettings:
+def settings_from(opts, model: ModelOptions) -> GenerationSettings:
     from commer.checkpoint import read_config
     checkpoint = resolve_checkpoint(model)
     config = read_config(checkpoint)
@@ -489,12 +491,7 @@ def _counters(result) -> dict[str, int]:
 def _help(argv: list[str]) -> bool:
     if "--help" not in argv and "-h" not in argv:
         return False
-    parser = argparse.ArgumentParser(prog="python -m pipelines.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Any Beam pipeline flag (--runner, ...) is also accepted.")
-    GenerateOptions._add_argparse_args(parser.add_argument_group("generate"))
-    ModelOptions._add_argparse_args(parser.add_argument_group("model"))
-    parser.print_help()
+    print_help("python -m pipelines.generate", __doc__, {"generate": GenerateOptions, "model": ModelOptions})
     return True
 
 
@@ -502,7 +499,7 @@ def main(argv: list[str]) -> int:
     if _help(argv):
         return 0
     options = PipelineOptions(with_local_runner(argv))
-    opts, model_opts = options.view_as(GenerateOptions), options.view_as(ModelOptions)
+    opts, model_opts = parse_flags(GenerateOptions, argv), options.view_as(ModelOptions)
     for flag in ("queries", "output"):
         if not getattr(opts, flag):
             raise CliError(f"--{flag} is required (see --help)")
