@@ -465,7 +465,7 @@ def settings_from(opts, model: ModelOptions) -> GenerationSettings:
     config = read_config(checkpoint)
     if not config.fingerprint:
         raise CliError(f"--checkpoint {checkpoint} records no fingerprint; re-save it with save_pretrained")
-    if not config.trained:
+    if not config.trained and opts.mode == "commer":
         log.warning("checkpoint %s is untrained (trained=false): soft prompts carry little meaning", checkpoint)
     try:
         return GenerationSettings(

@@ -189,3 +189,39 @@ def test_in_prompt_bm25_picks_matching_documents():
     # "Document 1: one two three" is 5 words: two documents + "task" = 11.
     text, used = fit_documents(ranked, "task", lambda t: len(t.split()), max_tokens=11)
     assert used == 2 and text == in_prompt_instruction(ranked[:2], "task")
+
+
+def test_sample_queries_are_all_valid():
+    """The README's sample queries parse cleanly (one user on purpose has no documents)."""
+    from pathlib import Path
+
+    from pipelines.generate import parse_record
+    from schemas import Query
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "sample_data" / "queries.jsonl"
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    parsed = [parse_record(line, Query, str(path), "query") for line in lines]
+    assert all(dead is None for _, dead in parsed)
+    users = {q.user_id for q, _ in parsed}
+    assert {f"user_{i:03d}" for i in range(6)} <= users and "user_without_documents" in users
+    assert len({q.query_id for q, _ in parsed}) == len(lines)
+
+
+@pytest.mark.parametrize("module", ["pipelines.generate", "pipelines.evaluate"])
+def test_help_lists_the_job_flags(module, capsys):
+    import importlib
+    job = importlib.import_module(module)
+    assert job.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--output" in text and ("--queries" in text if module.endswith("generate") else "--references" in text)
+
+
+def test_job_flags_keep_their_own_defaults_when_all_jobs_are_loaded():
+    """Beam shares one flag parser between every imported job; each job still reads its own defaults."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.evaluate import EvaluateOptions
+    from pipelines.flags import parse_flags
+    from pipelines.generate import GenerateOptions
+    PipelineOptions(["--output=x", "--batch_size=3"]).get_all_options()  # no clash between the jobs' --output
+    assert parse_flags(GenerateOptions, ["--output=x"]).batch_size == 16
+    assert parse_flags(EvaluateOptions, ["--output=x", "--batch_size=3"]).output == "x"
