@@ -110,6 +110,29 @@ class ParsePredictions(beam.DoFn):
         return [row]
 
 
+def check_references(path: str) -> None:
+    """Fail before running on a missing references file, or a JSON one that does not parse.
+
+    LaMP's outputs files are one JSON document each (a few MB): a corrupt one would otherwise
+    fail deep inside the pipeline, and a partly read one would silently skew the metrics.
+    """
+    from commer.storage import filesystem
+    fs, root = filesystem(path)
+    files = fs.glob(root)
+    if not files:
+        raise CliError(f"--references {path} does not exist")
+    if path.endswith(".json"):
+        for file in files:
+            with fs.open(file, "r") as f:
+                try:
+                    pairs = parse_reference_file(f.read())
+                except (json.JSONDecodeError, AttributeError, TypeError):
+                    pairs = None
+            if not pairs:
+                raise CliError(f"--references {file} is not LaMP outputs JSON ({{\"task\": ..., \"golds\": "
+                               "[{\"id\": ..., \"output\": ...}]}) with at least one reference")
+
+
 def reference_pairs(row) -> list[tuple[str, str]]:
     """(query_id, reference) pairs from one references row; LaMP's 'id'/'output' or ours."""
     if not isinstance(row, dict):
@@ -353,17 +376,15 @@ def main(argv: list[str]) -> int:
             raise CliError(f"--{flag} is required (see --help)")
     files, kind = prediction_files(opts.predictions)
     if opts.references:
-        from commer.storage import filesystem
-        fs, root = filesystem(opts.references)
-        if not fs.glob(root):
-            raise CliError(f"--references {opts.references} does not exist")
+        check_references(opts.references)
 
     import fsspec
 
     from commer.storage import filesystem
     output = opts.output.rstrip("/")
     fs, root = filesystem(output)
-    for stale in fs.glob(f"{root}/per_query-*") + fs.glob(f"{root}/per_user-*"):
+    for stale in (fs.glob(f"{root}/per_query-*") + fs.glob(f"{root}/per_user-*")
+                  + fs.glob(f"{root}/dead_letters/dead_letters-*")):
         fs.rm(stale)
 
     started = time.time()

@@ -137,3 +137,15 @@ def test_missing_predictions_is_a_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--predictions" in err and "Traceback" not in err
+
+
+def test_corrupt_lamp_references_refused_before_running(tmp_path, capsys):
+    from pipelines.common import run_cli
+    predictions = _write_fixed_predictions(tmp_path / "predictions")
+    (tmp_path / "golds.json").write_text('{"task": "LaMP_4", "golds": [{"id": "1", "output": "x"}')  # cut short
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(evaluate.main, RUNNER + [f"--predictions={predictions}", f"--references={tmp_path / 'golds.json'}",
+                                         f"--output={tmp_path / 'm'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "LaMP" in err and "Traceback" not in err and not (tmp_path / "m").exists()
