@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from pipelines.common import CliError, ModelOptions, resolve_checkpoint, run_cli, shared_model, with_local_runner
 from pipelines.flags import parse_flags, print_help, tolerant
-from pipelines.in_prompt import bm25_tokens, fit_documents
+from pipelines.in_prompt import UserDocuments, fit_documents
 from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, read_metadata, tensor_column
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ class PlanUser(beam.DoFn):
             if profile is not None and profile["doc_count"] > 0:
                 soft, doc_count = profile["soft_prompt"], profile["doc_count"]
         elif self.settings.mode == "in_prompt":
-            ranked = _UserDocuments(groups.get("documents", []))
+            ranked = UserDocuments(groups.get("documents", []))
 
         seen = set()
         for query in queries:
@@ -288,27 +288,6 @@ class PlanUser(beam.DoFn):
             yield {"user_id": user_id, "query_id": query["query_id"], "instruction": query["instruction"],
                    "reference": query.get("reference"), "soft_prompt": soft, "doc_count": doc_count,
                    "documents": documents, "personalized": personalized}
-
-
-class _UserDocuments:
-    """One user's documents, indexed once for all their queries (BM25, as LaMP retrieves)."""
-
-    def __init__(self, documents: Iterable[dict]):
-        unique = {}
-        for doc in sorted(documents, key=lambda d: d["doc_id"]):
-            unique.setdefault(doc["doc_id"], doc["text"])  # the first of a repeated doc_id
-        self.docs = list(unique.items())
-        self.index = None
-        if self.docs:
-            from rank_bm25 import BM25Okapi
-            self.index = BM25Okapi([bm25_tokens(text) or [""] for _, text in self.docs])
-
-    def top(self, query: str, n: int) -> list[str]:
-        if not self.docs or n <= 0:
-            return []
-        scores = self.index.get_scores(bm25_tokens(query))
-        order = sorted(range(len(self.docs)), key=lambda i: (-float(scores[i]), self.docs[i][0]))
-        return [self.docs[i][1] for i in order[:n]]
 
 
 # ---- generation -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ the same layout as benchmarks/generation_cost.py, so costs measured there and he
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 _WORD = re.compile(r"\w+")
 
@@ -16,16 +16,27 @@ def bm25_tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def top_documents(documents: Sequence[tuple[str, str]], query: str, n: int) -> list[tuple[str, str]]:
-    """The n (doc_id, text) pairs that best match `query`, best first; ties by doc_id."""
-    if n <= 0 or not documents:
-        return []
-    from rank_bm25 import BM25Okapi
-    # BM25Okapi divides by the mean document length: a corpus of empty token lists would fail.
-    corpus = [bm25_tokens(text) or [""] for _, text in documents]
-    scores = BM25Okapi(corpus).get_scores(bm25_tokens(query))
-    order = sorted(range(len(documents)), key=lambda i: (-float(scores[i]), documents[i][0]))
-    return [documents[i] for i in order[:n]]
+class UserDocuments:
+    """One user's documents, indexed once for all their queries."""
+
+    def __init__(self, documents: Iterable[dict]):
+        unique: dict[str, str] = {}
+        for doc in sorted(documents, key=lambda d: d["doc_id"]):
+            unique.setdefault(doc["doc_id"], doc["text"])  # the first of a repeated doc_id
+        self.docs = list(unique.items())
+        self.index = None
+        if self.docs:
+            from rank_bm25 import BM25Okapi
+            # BM25Okapi divides by the mean document length: keep every token list non-empty.
+            self.index = BM25Okapi([bm25_tokens(text) or [""] for _, text in self.docs])
+
+    def top(self, query: str, n: int) -> list[str]:
+        """Texts of the n best matches for `query`, best first; ties by doc_id (deterministic)."""
+        if not self.docs or n <= 0:
+            return []
+        scores = self.index.get_scores(bm25_tokens(query))
+        order = sorted(range(len(self.docs)), key=lambda i: (-float(scores[i]), self.docs[i][0]))
+        return [self.docs[i][1] for i in order[:n]]
 
 
 def in_prompt_instruction(documents: Sequence[str], instruction: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 ROUGE_TYPES = ("rouge1", "rougeL")
 
@@ -208,7 +208,3 @@ def score(prediction: str, reference: Optional[str], perplexity: Optional[float]
     if reference is not None:
         out.update(rouge(prediction, reference, use_stemmer))
     return out
-
-
-def mean(values: Sequence[float]) -> Optional[float]:
-    return sum(values) / len(values) if values else None

@@ -179,11 +179,14 @@ def test_in_prompt_uses_more_prompt_tokens_than_commer(generated, tiny_checkpoin
 
 
 def test_in_prompt_bm25_picks_matching_documents():
-    from pipelines.generate import _UserDocuments
-    from pipelines.in_prompt import fit_documents, in_prompt_instruction
-    docs = _UserDocuments([{"doc_id": d, "text": t} for d, t in DOCUMENTS["user_a"].items()])
+    from pipelines.in_prompt import UserDocuments, fit_documents, in_prompt_instruction
+    docs = UserDocuments([{"doc_id": d, "text": t} for d, t in DOCUMENTS["user_a"].items()])
     assert set(docs.top("bicycle lanes council", 2)) == {DOCUMENTS["user_a"]["a1"], DOCUMENTS["user_a"]["a3"]}
     assert docs.top("sourdough bread", 1) == [DOCUMENTS["user_a"]["a2"]]
+    assert UserDocuments([]).top("anything", 3) == []
+    # A repeated doc_id counts once.
+    twice = UserDocuments([{"doc_id": "x", "text": "alpha"}, {"doc_id": "x", "text": "alpha"}])
+    assert twice.top("alpha", 5) == ["alpha"]
     # Whole documents are dropped, lowest-ranked first, until the prompt fits.
     ranked = ["one two three", "four five six", "seven eight nine"]
     # "Document 1: one two three" is 5 words: two documents + "task" = 11.
