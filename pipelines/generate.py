@@ -213,6 +213,10 @@ def check_profile_fingerprints(files: list[str], expected: str) -> None:
         with fs.open(local, "rb") as f:
             parquet = pq.ParquetFile(f)
             meta = read_metadata(parquet.schema_arrow)
+            missing = [c for c in PROFILE_COLUMNS if c not in parquet.schema_arrow.names]
+            if missing or meta.get("record", "Profile") != "Profile":
+                raise CliError(f"--profiles: {file} is not a profiles table (record {meta.get('record')!r}, "
+                               f"missing columns {missing}); pass compress_users' --output folder")
             found = {meta["fingerprint"]} if meta.get("fingerprint") else set()
             if "model_fingerprint" in parquet.schema_arrow.names:
                 column = parquet.read(columns=["model_fingerprint"]).column("model_fingerprint")
@@ -474,6 +478,13 @@ def _help(argv: list[str]) -> bool:
     return True
 
 
+def _require_files(flag: str, pattern: str) -> None:
+    from commer.storage import filesystem
+    fs, root = filesystem(pattern)
+    if not fs.glob(root):
+        raise CliError(f"{flag} {pattern}: no such file")
+
+
 def main(argv: list[str]) -> int:
     if _help(argv):
         return 0
@@ -487,6 +498,9 @@ def main(argv: list[str]) -> int:
                        "or use --mode=none for unpersonalised answers")
     if opts.mode == "in_prompt" and not opts.documents:
         raise CliError("--mode=in_prompt needs --documents (the users' documents, as given to compress_users)")
+    _require_files("--queries", opts.queries)
+    if opts.mode == "in_prompt":
+        _require_files("--documents", opts.documents)
     settings = settings_from(opts, model_opts)
     shards: list[str] = []
     if settings.mode == "commer":

@@ -159,6 +159,10 @@ def test_missing_flags_are_clear(tiny_checkpoint, tmp_path, capsys):
                                          f"--checkpoint={tiny_checkpoint}"])
     assert exit_info.value.code == 2
     assert "--profiles" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(generate.main, RUNNER + [f"--queries={tmp_path}/missing.jsonl", f"--output={tmp_path}/o",
+                                         f"--checkpoint={tiny_checkpoint}", "--mode=none"])
+    assert "--queries" in capsys.readouterr().err
 
 
 def test_in_prompt_uses_more_prompt_tokens_than_commer(generated, tiny_checkpoint, commer_cache, tmp_path):
@@ -228,3 +232,18 @@ def test_job_flags_keep_their_own_defaults_when_all_jobs_are_loaded():
     PipelineOptions(["--output=x", "--batch_size=3"]).get_all_options()  # no clash between the jobs' --output
     assert parse_flags(GenerateOptions, ["--output=x"]).batch_size == 16
     assert parse_flags(EvaluateOptions, ["--output=x", "--batch_size=3"]).output == "x"
+
+
+def test_a_table_that_is_not_profiles_is_refused(tmp_path, tiny_checkpoint, commer_cache, capsys):
+    from pipelines import generate
+    from schemas import Prediction
+    folder = tmp_path / "not_profiles"
+    folder.mkdir()
+    write_parquet([Prediction(user_id="u", query_id="q", prediction="p", personalized=False,
+                              model_fingerprint="fp")], str(folder / "x.parquet"), arrow_schema(Prediction))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(generate.main, RUNNER + [f"--profiles={folder}", f"--queries={tmp_path}/q.jsonl",
+                                         f"--output={tmp_path}/o", f"--checkpoint={tiny_checkpoint}",
+                                         f"--cache_dir={commer_cache}"])
+    assert exit_info.value.code == 2
+    assert "not a profiles table" in capsys.readouterr().err
