@@ -241,8 +241,9 @@ def test_a_table_that_is_not_profiles_is_refused(tmp_path, tiny_checkpoint, comm
     folder.mkdir()
     write_parquet([Prediction(user_id="u", query_id="q", prediction="p", personalized=False,
                               model_fingerprint="fp")], str(folder / "x.parquet"), arrow_schema(Prediction))
+    queries = write_queries(tmp_path / "q.jsonl")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(generate.main, RUNNER + [f"--profiles={folder}", f"--queries={tmp_path}/q.jsonl",
+        run_cli(generate.main, RUNNER + [f"--profiles={folder}", f"--queries={queries}",
                                          f"--output={tmp_path}/o", f"--checkpoint={tiny_checkpoint}",
                                          f"--cache_dir={commer_cache}"])
     assert exit_info.value.code == 2
