@@ -40,15 +40,12 @@ def quality_vs_doc_count(by_doc_count: list[dict], path: str, title: str = "") -
     if not any(r["with_reference"] for r in rows):
         _empty(ax, "no predictions with a reference")
     else:
-        labels = [("none" if r["bucket"] == "0" else r["bucket"]) for r in rows]
+        labels = [("none" if r["bucket"] == "0" else r["bucket"]) + f"\n(n={r['with_reference']})" for r in rows]
         x = list(range(len(rows)))
         for key, name, marker in (("rouge1", "ROUGE-1", "o"), ("rougeL", "ROUGE-L", "s")):
             ax.plot(x, [r[key] if r[key] is not None else float("nan") for r in rows], marker=marker, label=name)
-        for xi, r in zip(x, rows):
-            ax.annotate(f"n={r['with_reference']}", (xi, 0), textcoords="offset points", xytext=(0, 4),
-                        ha="center", fontsize=8, color="grey")
         ax.set_xticks(x, labels)
-        ax.set_xlabel("documents in the user's profile (none = not personalised)")
+        ax.set_xlabel("documents behind the answer: in the soft prompt, or in the prompt text (n = queries scored)")
         ax.set_ylabel("mean F-measure")
         ax.set_ylim(0, max(0.05, max((r["rouge1"] or 0) for r in rows) * 1.25))
         ppl = [r["perplexity"]["mean"] for r in rows]
