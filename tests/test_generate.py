@@ -1,0 +1,250 @@
+"""generate job on the tiny model (DirectRunner): join, flags, fingerprints, in-prompt baseline."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from commer import ComMer
+from pipelines.common import run_cli
+from schemas import Profile, arrow_schema, read_parquet, write_parquet
+
+RUNNER = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
+
+DOCUMENTS = {
+    "user_a": {"a1": "The city council voted on the new bicycle lanes downtown.",
+               "a2": "Local bakery wins award for its sourdough bread.",
+               "a3": "Bicycle commuters welcome the council decision on lanes."},
+    "user_b": {"b1": "Quarterly earnings beat expectations for the chip maker.",
+               "b2": "Stock markets rally as inflation cools."},
+}
+QUERIES = [
+    {"user_id": "user_a", "query_id": "q1", "instruction": "Write a headline about bicycle lanes.",
+     "reference": "Council approves bicycle lanes"},
+    {"user_id": "user_a", "query_id": "q2", "instruction": "Write a headline about bread.",
+     "reference": "Bakery wins bread award"},
+    {"user_id": "user_b", "query_id": "q3", "instruction": "Write a headline about markets.",
+     "reference": "Markets rally on cooling inflation"},
+    {"user_id": "user_b", "query_id": "q4", "instruction": "Write a headline about chips."},
+    {"user_id": "user_nobody", "query_id": "q5", "instruction": "Write a headline about the weather.",
+     "reference": "Sunny skies ahead"},
+]
+BAD_LINES = ['{"user_id": "user_a", "query_id": "bad1"}',           # no instruction
+             'not json at all',
+             '{"user_id": "", "query_id": "bad2", "instruction": "x"}',  # empty user id
+             json.dumps(QUERIES[0])]                                  # duplicate query id
+
+
+def write_profiles(model: ComMer, folder, fingerprint: str | None = None) -> str:
+    """Profiles the way compress_users writes them: mean soft prompt, float64 sum, sorted doc ids."""
+    fingerprint = fingerprint or model.fingerprint()
+    records = []
+    for user, docs in DOCUMENTS.items():
+        ids = sorted(docs)
+        compressions = model.compress([docs[i] for i in ids]).numpy().astype(np.float64)
+        records.append(Profile(user_id=user, doc_count=len(ids), soft_prompt=compressions.mean(0),
+                               soft_prompt_sum=compressions.sum(0), doc_ids=ids, model_fingerprint=fingerprint))
+    path = folder / "profiles" / "part-0.parquet"
+    path.parent.mkdir(parents=True)
+    write_parquet(records, str(path), arrow_schema(Profile, (model.K, model.hidden_size), {"fingerprint": fingerprint}))
+    return str(folder)
+
+
+def write_queries(path, extra_lines=()) -> str:
+    path.write_text("\n".join([json.dumps(q) for q in QUERIES] + list(extra_lines)) + "\n")
+    return str(path)
+
+
+def write_documents(path) -> str:
+    rows = [{"user_id": u, "doc_id": d, "text": t} for u, docs in DOCUMENTS.items() for d, t in docs.items()]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint, commer_cache):
+    return ComMer.from_pretrained(tiny_checkpoint, cache=commer_cache)
+
+
+@pytest.fixture(scope="module")
+def generated(tiny, tiny_checkpoint, commer_cache, tmp_path_factory):
+    """One commer-mode run shared by the tests below (Beam start-up is the slow part)."""
+    from pipelines import generate
+    root = tmp_path_factory.mktemp("generate")
+    profiles = write_profiles(tiny, root / "commer_output")
+    queries = write_queries(root / "queries.jsonl", BAD_LINES)
+    out = root / "predictions"
+    code = generate.main(RUNNER + [f"--profiles={profiles}", f"--queries={queries}", f"--output={out}",
+                                   f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}",
+                                   "--output_format=both", "--max_new_tokens=6", "--batch_size=2"])
+    assert code == 0
+    return {"root": root, "out": out, "profiles": profiles, "queries": queries}
+
+
+def _predictions(out) -> dict:
+    return {r["query_id"]: r for r in read_parquet(str(out)).to_pylist()}
+
+
+def test_every_valid_query_is_answered_and_unknown_user_flagged(generated, tiny):
+    rows = _predictions(generated["out"])
+    assert sorted(rows) == ["q1", "q2", "q3", "q4", "q5"]
+    assert rows["q5"]["personalized"] is False and rows["q5"]["doc_count"] == 0
+    assert all(rows[q]["personalized"] for q in ("q1", "q2", "q3", "q4"))
+    assert rows["q1"]["doc_count"] == 3 and rows["q3"]["doc_count"] == 2
+    assert {r["model_fingerprint"] for r in rows.values()} == {tiny.fingerprint()}
+    # ComMer's prompt = K soft tokens + the instruction's tokens.
+    assert rows["q1"]["prompt_tokens"] == tiny.K + len(tiny.prompt_ids(QUERIES[0]["instruction"]))
+    assert rows["q5"]["prompt_tokens"] == len(tiny.prompt_ids(QUERIES[4]["instruction"]))
+
+
+def test_predictions_match_direct_model_calls(generated, tiny):
+    """Greedy answers and perplexities equal calling the model directly with the stored profile."""
+    rows = _predictions(generated["out"])
+    profiles = {r.user_id: r for r in __import__("schemas").from_table(
+        read_parquet(generated["profiles"] + "/profiles"), Profile)}
+    soft = profiles["user_a"].soft_prompt
+    text = tiny.generate([soft], [QUERIES[0]["instruction"]], max_new_tokens=6)[0]
+    assert rows["q1"]["prediction"] == text
+    ppl = float(tiny.perplexity([soft], [QUERIES[0]["instruction"]], [QUERIES[0]["reference"]])[0])
+    assert rows["q1"]["perplexity"] == pytest.approx(ppl, rel=1e-4)
+    assert rows["q4"]["perplexity"] is None and rows["q4"]["reference"] is None
+    # The unknown user is scored without a soft prompt.
+    ppl_none = float(tiny.perplexity([None], [QUERIES[4]["instruction"]], [QUERIES[4]["reference"]])[0])
+    assert rows["q5"]["perplexity"] == pytest.approx(ppl_none, rel=1e-4)
+
+
+def test_bad_rows_dead_lettered_and_reconciled(generated):
+    out = generated["out"]
+    letters = [json.loads(line) for f in sorted((out / "dead_letters").glob("*.jsonl"))
+               for line in f.read_text().splitlines() if line]
+    stages = sorted(d["stage"] for d in letters)
+    assert stages == ["duplicate", "parse", "validate", "validate"]
+    assert any("instruction" in d["reason"] for d in letters)
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["queries_read"] == 9 and summary["predictions"] == 5
+    assert summary["queries_dead_lettered"] == 3 and summary["query_duplicates"] == 1
+    assert summary["predictions_not_personalized"] == 1 and summary["reconciled"] is True
+
+
+def test_jsonl_output_equals_parquet(generated):
+    jsonl = {}
+    for f in generated["out"].glob("predictions-*.jsonl"):
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            jsonl[row["query_id"]] = row
+    assert jsonl == _predictions(generated["out"])
+    meta = pq.read_schema(next(generated["out"].glob("predictions-*.parquet"))).metadata
+    assert b"fingerprint" in meta[b"commer"]
+
+
+def test_fingerprint_mismatch_refused_before_running(tiny, tiny_checkpoint, commer_cache, tmp_path, capsys):
+    from pipelines import generate
+    profiles = write_profiles(tiny, tmp_path / "other", fingerprint="0123456789abcdef0123456789abcdef")
+    queries = write_queries(tmp_path / "q.jsonl")
+    argv = RUNNER + [f"--profiles={profiles}", f"--queries={queries}", f"--output={tmp_path / 'out'}",
+                     f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(generate.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "0123456789abcdef0123456789abcdef" in err and tiny.fingerprint() in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_flags_are_clear(tiny_checkpoint, tmp_path, capsys):
+    from pipelines import generate
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(generate.main, RUNNER + [f"--queries={tmp_path}/q.jsonl", f"--output={tmp_path}/o",
+                                         f"--checkpoint={tiny_checkpoint}"])
+    assert exit_info.value.code == 2
+    assert "--profiles" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(generate.main, RUNNER + [f"--queries={tmp_path}/missing.jsonl", f"--output={tmp_path}/o",
+                                         f"--checkpoint={tiny_checkpoint}", "--mode=none"])
+    assert "--queries" in capsys.readouterr().err
+
+
+def test_in_prompt_uses_more_prompt_tokens_than_commer(generated, tiny_checkpoint, commer_cache, tmp_path):
+    from pipelines import generate
+    documents = write_documents(tmp_path / "docs.jsonl")
+    out = tmp_path / "in_prompt"
+    code = generate.main(RUNNER + [f"--queries={generated['queries']}", f"--documents={documents}",
+                                   f"--output={out}", "--mode=in_prompt", "--num_documents=2",
+                                   f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}",
+                                   "--max_new_tokens=4"])
+    assert code == 0
+    baseline, commer = _predictions(out), _predictions(generated["out"])
+    assert sorted(baseline) == sorted(commer)
+    for q in ("q1", "q2", "q3", "q4"):
+        assert baseline[q]["personalized"] and baseline[q]["doc_count"] == 2
+        assert baseline[q]["prompt_tokens"] > commer[q]["prompt_tokens"]
+    assert baseline["q5"]["personalized"] is False
+
+
+def test_in_prompt_bm25_picks_matching_documents():
+    from pipelines.in_prompt import UserDocuments, fit_documents, in_prompt_instruction
+    docs = UserDocuments([{"doc_id": d, "text": t} for d, t in DOCUMENTS["user_a"].items()])
+    assert set(docs.top("bicycle lanes council", 2)) == {DOCUMENTS["user_a"]["a1"], DOCUMENTS["user_a"]["a3"]}
+    assert docs.top("sourdough bread", 1) == [DOCUMENTS["user_a"]["a2"]]
+    assert UserDocuments([]).top("anything", 3) == []
+    # A repeated doc_id counts once.
+    twice = UserDocuments([{"doc_id": "x", "text": "alpha"}, {"doc_id": "x", "text": "alpha"}])
+    assert twice.top("alpha", 5) == ["alpha"]
+    # Whole documents are dropped, lowest-ranked first, until the prompt fits.
+    ranked = ["one two three", "four five six", "seven eight nine"]
+    # "Document 1: one two three" is 5 words: two documents + "task" = 11.
+    text, used = fit_documents(ranked, "task", lambda t: len(t.split()), max_tokens=11)
+    assert used == 2 and text == in_prompt_instruction(ranked[:2], "task")
+
+
+def test_sample_queries_are_all_valid():
+    """The README's sample queries parse cleanly (one user on purpose has no documents)."""
+    from pathlib import Path
+
+    from pipelines.generate import parse_record
+    from schemas import Query
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "sample_data" / "queries.jsonl"
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    parsed = [parse_record(line, Query, str(path), "query") for line in lines]
+    assert all(dead is None for _, dead in parsed)
+    users = {q.user_id for q, _ in parsed}
+    assert {f"user_{i:03d}" for i in range(6)} <= users and "user_without_documents" in users
+    assert len({q.query_id for q, _ in parsed}) == len(lines)
+
+
+@pytest.mark.parametrize("module", ["pipelines.generate", "pipelines.evaluate"])
+def test_help_lists_the_job_flags(module, capsys):
+    import importlib
+    job = importlib.import_module(module)
+    assert job.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--output" in text and ("--queries" in text if module.endswith("generate") else "--references" in text)
+
+
+def test_job_flags_keep_their_own_defaults_when_all_jobs_are_loaded():
+    """Beam shares one flag parser between every imported job; each job still reads its own defaults."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.evaluate import EvaluateOptions
+    from pipelines.flags import parse_flags
+    from pipelines.generate import GenerateOptions
+    PipelineOptions(["--output=x", "--batch_size=3"]).get_all_options()  # no clash between the jobs' --output
+    assert parse_flags(GenerateOptions, ["--output=x"]).batch_size == 16
+    assert parse_flags(EvaluateOptions, ["--output=x", "--batch_size=3"]).output == "x"
+
+
+def test_a_table_that_is_not_profiles_is_refused(tmp_path, tiny_checkpoint, commer_cache, capsys):
+    from pipelines import generate
+    from schemas import Prediction
+    folder = tmp_path / "not_profiles"
+    folder.mkdir()
+    write_parquet([Prediction(user_id="u", query_id="q", prediction="p", personalized=False,
+                              model_fingerprint="fp")], str(folder / "x.parquet"), arrow_schema(Prediction))
+    queries = write_queries(tmp_path / "q.jsonl")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(generate.main, RUNNER + [f"--profiles={folder}", f"--queries={queries}",
+                                         f"--output={tmp_path}/o", f"--checkpoint={tiny_checkpoint}",
+                                         f"--cache_dir={commer_cache}"])
+    assert exit_info.value.code == 2
+    assert "not a profiles table" in capsys.readouterr().err
