@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from pydantic import ValidationError
@@ -26,7 +26,8 @@ class ValidDocument:
 
     user_id: str
     doc_id: str
-    text: str
+    # Hidden from repr: runners put element reprs into error messages and debug logs.
+    text: str = field(repr=False)
 
 
 def _record_text(raw: str) -> str:
