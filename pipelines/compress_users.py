@@ -155,20 +155,19 @@ def _match(pattern: str, flag: str) -> list[str]:
     return files
 
 
-def _parquet_files(path: str, flag: str) -> list[str]:
-    """A folder (or run folder with profiles/ inside, or document_compressions/) or a file → its shards."""
+def _parquet_files(path: str, flag: str, run_subfolder: str) -> list[str]:
+    """A file, a glob, a shard folder, or a run folder with `run_subfolder`/ inside → its shards."""
     path = path.rstrip("/")
     if path.endswith(".parquet") or any(c in path for c in "*?["):
         return _match(path, flag)
-    for sub in ("profiles", "document_compressions", ""):
-        pattern = f"{path}/{sub}/*.parquet" if sub else f"{path}/*.parquet"
+    for pattern in (f"{path}/{run_subfolder}/*.parquet", f"{path}/*.parquet"):
         try:
             found = FileSystems.match([pattern])[0].metadata_list
-        except Exception:
+        except Exception:  # a missing folder: try the next form
             found = []
-        if found and (sub == "" or flag != "--previous_profiles" or sub == "profiles"):
+        if found:
             return sorted(m.path for m in found)
-    raise CliError(f"{flag} {path}: no .parquet files there (nor under {path}/profiles)")
+    raise CliError(f"{flag} {path}: no .parquet files there (nor under {path}/{run_subfolder})")
 
 
 def _file_metadata(path: str) -> dict:
@@ -222,11 +221,12 @@ def make_plan(options: CompressUsersOptions, model: ModelOptions) -> JobPlan:
                            "--previous_document_compressions (a previous run's --document_compressions_output)")
         plan.deletion_files = _match(options.deletions, "--deletions")
     if options.previous_profiles:
-        plan.previous_profile_files = _parquet_files(options.previous_profiles, "--previous_profiles")
+        plan.previous_profile_files = _parquet_files(options.previous_profiles, "--previous_profiles", "profiles")
         _check_fingerprints(plan.previous_profile_files, plan.fingerprint, "--previous_profiles", checkpoint)
     if options.previous_document_compressions:
         plan.previous_compression_files = _parquet_files(options.previous_document_compressions,
-                                                         "--previous_document_compressions")
+                                                         "--previous_document_compressions",
+                                                         "document_compressions")
         _check_fingerprints(plan.previous_compression_files, plan.fingerprint,
                             "--previous_document_compressions", checkpoint)
     elif plan.document_compressions_output and options.previous_profiles:
@@ -252,16 +252,15 @@ class ParseJsonl(beam.DoFn):
 
     def process(self, element):
         source, raw = element
-        if not raw.strip():
-            return  # blank lines are not records
-        self.read.inc()
-        result = parse_json_line(raw, source, self.max_record_bytes)
-        if isinstance(result, DeadLetter):
-            self.dead.inc()
-            yield beam.pvalue.TaggedOutput(DEAD, result)
-        else:
-            self.valid.inc()
-            yield result
+        if raw.strip():  # blank lines are not records
+            self.read.inc()
+            result = parse_json_line(raw, source, self.max_record_bytes)
+            if isinstance(result, DeadLetter):
+                self.dead.inc()
+                yield beam.pvalue.TaggedOutput(DEAD, result)
+            else:
+                self.valid.inc()
+                yield result
 
 
 class ParseParquet(beam.DoFn):
@@ -370,11 +369,9 @@ class Reconcile(beam.DoFn):
         for dup in duplicates:
             self.duplicates.inc()
             yield beam.pvalue.TaggedOutput(DEAD, duplicate_letter(dup))
-        if kept is None:
-            return
-        if included:
+        if kept is not None and included:
             self.already.inc()
-        else:
+        elif kept is not None:
             yield kept
 
 
@@ -533,11 +530,11 @@ class Finalize(beam.DoFn):
         profile = state.finalize(user_id, self.fingerprint, self.now)
         if profile is None:
             self.counters["profiles_removed"].inc()
-            return
-        self.counters["profiles_written"].inc()
-        kind = "new" if state.previous is None else ("updated" if state.changed else "unchanged")
-        self.counters[f"profiles_{kind}"].inc()
-        yield profile
+        else:
+            self.counters["profiles_written"].inc()
+            kind = "new" if state.previous is None else ("updated" if state.changed else "unchanged")
+            self.counters[f"profiles_{kind}"].inc()
+            yield profile
 
 
 def _compression_record(fingerprint: str):

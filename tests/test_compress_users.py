@@ -257,3 +257,18 @@ def test_default_backbone_default_command_path(tmp_path, monkeypatch, capsys):
     got = profiles(tmp_path / "commer_output")
     assert got["ada"].soft_prompt.shape == (config.num_compression_tokens, config.hidden_size)
     assert np.isfinite(got["ada"].soft_prompt).all() and got["ada"].doc_count == 2
+
+
+def test_previous_outputs_resolve_from_run_folder_shard_folder_or_file(tmp_path):
+    from pipelines.compress_users import _parquet_files
+    for sub in ("profiles", "document_compressions"):
+        (tmp_path / "run" / sub).mkdir(parents=True)
+        pq.write_table(pa.table({"x": [1]}), tmp_path / "run" / sub / f"{sub}-0.parquet")
+    run_folder = str(tmp_path / "run")
+    assert _parquet_files(run_folder, "--previous_profiles", "profiles")[0].endswith("profiles/profiles-0.parquet")
+    assert _parquet_files(run_folder, "--previous_document_compressions", "document_compressions")[0].endswith(
+        "document_compressions/document_compressions-0.parquet")
+    assert len(_parquet_files(run_folder + "/profiles", "--previous_profiles", "profiles")) == 1
+    assert len(_parquet_files(run_folder + "/profiles/profiles-0.parquet", "--previous_profiles", "profiles")) == 1
+    with pytest.raises(CliError, match="--previous_profiles"):
+        _parquet_files(str(tmp_path / "nothing"), "--previous_profiles", "profiles")
