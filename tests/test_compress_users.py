@@ -272,3 +272,15 @@ def test_previous_outputs_resolve_from_run_folder_shard_folder_or_file(tmp_path)
     assert len(_parquet_files(run_folder + "/profiles/profiles-0.parquet", "--previous_profiles", "profiles")) == 1
     with pytest.raises(CliError, match="--previous_profiles"):
         _parquet_files(str(tmp_path / "nothing"), "--previous_profiles", "profiles")
+
+
+def test_refresh_in_place_replaces_the_old_shards(tmp_path, tiny_checkpoint, commer_cache):
+    rows = corpus(users=3, seed=2)
+    write_jsonl(tmp_path / "old.jsonl", rows[:-2])
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "old.jsonl", "live")
+    summary = job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "all.jsonl", "live",
+                  "--previous_profiles", str(tmp_path / "live"))
+    shards = list((tmp_path / "live" / "profiles").glob("*.parquet"))
+    assert len(shards) == 1 and summary["run_id"] in shards[0].name
+    assert sum(p.doc_count for p in profiles(tmp_path / "live").values()) == len(rows)
