@@ -1,0 +1,148 @@
+"""Raw input records → valid documents or dead letters: plain Python, no Beam.
+
+Every rejection carries a reason a data engineer can act on. Reasons and ids may reach logs
+and metrics; document text never does (it only goes into the dead-letter *data* output).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from pydantic import ValidationError
+
+from schemas import DeadLetter, Document
+
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+# Dead letters keep the raw record so nothing is lost, but never an unbounded copy of it.
+RECORD_PREFIX_CHARS = 4096
+HEX_PREFIX_BYTES = 256
+
+
+@dataclass(frozen=True)
+class ValidDocument:
+    """What the pipeline carries after validation: small and cheap to encode."""
+
+    user_id: str
+    doc_id: str
+    # Hidden from repr: runners put element reprs into error messages and debug logs.
+    text: str = field(repr=False)
+
+
+def _record_text(raw: str) -> str:
+    return raw[:RECORD_PREFIX_CHARS]
+
+
+def _dead(stage: str, reason: str, source: str, record: str | None,
+          user_id: Any = None, doc_id: Any = None) -> DeadLetter:
+    return DeadLetter(stage=stage, reason=reason, source=source, record=record,
+                      user_id=user_id if isinstance(user_id, str) else None,
+                      doc_id=doc_id if isinstance(doc_id, str) else None)
+
+
+def parse_json_line(raw: bytes | str, source: str = "",
+                    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> ValidDocument | DeadLetter:
+    """One JSONL line → a document or a dead letter (never raises)."""
+    size = len(raw)
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _dead("parse", f"record is not valid UTF-8 (bad byte at offset {exc.start})", source,
+                         "hex:" + raw[:HEX_PREFIX_BYTES].hex())
+    else:
+        text, size = raw, len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_record_bytes:
+        return _dead("parse", f"record is {size} bytes, over --max_record_bytes={max_record_bytes}",
+                     source, _record_text(text))
+    try:
+        row = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return _dead("parse", f"malformed JSON: {exc.msg if hasattr(exc, 'msg') else 'too deeply nested'}",
+                     source, _record_text(text))
+    return validate_row(row, source, text)
+
+
+def validate_row(row: Any, source: str = "", raw: str | None = None,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> ValidDocument | DeadLetter:
+    """A decoded record (JSON object or Parquet row) → a document or a dead letter."""
+    if raw is None:
+        raw = _safe_json(row)
+        if raw is not None and len(raw.encode("utf-8", "surrogatepass")) > max_record_bytes:
+            return _dead("parse", f"record is over --max_record_bytes={max_record_bytes}", source,
+                         _record_text(raw), *_ids(row))
+    if not isinstance(row, dict):
+        return _dead("validate", f"record is a JSON {type(row).__name__}, not an object", source,
+                     _record_text(raw) if raw else None)
+    user_id, doc_id = _ids(row)
+    text = row.get("text")
+    if isinstance(text, (bytes, bytearray)):
+        # Parquet binary columns: the only place undecodable text can reach validation.
+        try:
+            row = {**row, "text": bytes(text).decode("utf-8")}
+        except UnicodeDecodeError as exc:
+            return _dead("validate", f"field 'text' is not valid UTF-8 (bad byte at offset {exc.start})",
+                         source, None, user_id, doc_id)
+    try:
+        doc = Document.model_validate(row)
+    except ValidationError as exc:
+        return _dead("validate", _describe(exc), source, _record_text(raw) if raw else None, user_id, doc_id)
+    return ValidDocument(doc.user_id, doc.doc_id, doc.text)
+
+
+def _ids(row: Any) -> tuple[Any, Any]:
+    if not isinstance(row, dict):
+        return None, None
+    return row.get("user_id"), row.get("doc_id")
+
+
+def _safe_json(row: Any) -> str | None:
+    try:
+        return json.dumps(row, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return None
+
+
+def _describe(exc: ValidationError) -> str:
+    """Field names and what is wrong, never the offending values (they may be text)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(x) for x in err["loc"]) or "record"
+        parts.append(f"field '{field}': {err['msg']}")
+    return "; ".join(parts)
+
+
+def text_key(text: str) -> str:
+    """Stable tie-breaker among duplicates: depends on content only, never on order or sharding."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def pick_one(documents: Iterable[ValidDocument]) -> tuple[ValidDocument | None, list[ValidDocument]]:
+    """Among records sharing (user_id, doc_id): the one to keep and the duplicates.
+
+    The kept one is the smallest by content hash, so every run, sharding and order keeps the same.
+    """
+    docs = sorted(documents, key=lambda d: text_key(d.text))
+    return (docs[0] if docs else None), docs[1:]
+
+
+def duplicate_letter(doc: ValidDocument, source: str = "") -> DeadLetter:
+    return DeadLetter(stage="duplicate", reason="duplicate doc_id within user; another record with this "
+                      "(user_id, doc_id) was kept", source=source, user_id=doc.user_id, doc_id=doc.doc_id,
+                      record=_record_text(json.dumps({"user_id": doc.user_id, "doc_id": doc.doc_id,
+                                                      "text": doc.text}, ensure_ascii=False)))
+
+
+def parse_deletion(row: Any, source: str = "") -> tuple[str, str] | DeadLetter:
+    """A deletion request {user_id, doc_id} → the key, or a dead letter."""
+    if isinstance(row, (bytes, str)):
+        try:
+            row = json.loads(row)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _dead("deletion", "malformed JSON in --deletions", source, None)
+    user_id, doc_id = _ids(row)
+    if not (isinstance(user_id, str) and user_id and isinstance(doc_id, str) and doc_id):
+        return _dead("deletion", "deletion needs non-empty string fields 'user_id' and 'doc_id'", source,
+                     _safe_json(row), user_id, doc_id)
+    return user_id, doc_id

@@ -1,0 +1,98 @@
+"""Raw records → documents or dead letters, length bucketing: no Beam, no model."""
+import json
+
+import pytest
+
+from pipelines.batching import batch_key, length_bucket, padding_fraction
+from pipelines.validation import (ValidDocument, duplicate_letter, parse_deletion, parse_json_line, pick_one,
+                                  validate_row)
+from schemas import DeadLetter
+
+SECRET = "my very private diary entry"
+
+
+def line(**row) -> bytes:
+    return json.dumps(row).encode()
+
+
+def test_valid_line_becomes_a_document():
+    doc = parse_json_line(line(user_id="u1", doc_id="d1", text="hello there", created_at="2026-01-01T00:00:00Z"))
+    assert doc == ValidDocument("u1", "d1", "hello there")
+
+
+@pytest.mark.parametrize("raw, stage, words", [
+    (b'{"user_id": "u1", "doc_id": "d1", "text": ', "parse", "malformed JSON"),
+    (b'["u1", "d1", "text"]', "validate", "not an object"),
+    (line(doc_id="d1", text=SECRET), "validate", "user_id"),
+    (line(user_id="u1", text=SECRET), "validate", "doc_id"),
+    (line(user_id="u1", doc_id="d1"), "validate", "text"),
+    (line(user_id=7, doc_id="d1", text=SECRET), "validate", "user_id"),
+    (line(user_id="u1", doc_id="d1", text=["a", "b"]), "validate", "text"),
+    (line(user_id="u1", doc_id="d1", text="   \n "), "validate", "empty"),
+    (line(user_id="", doc_id="d1", text=SECRET), "validate", "user_id"),
+    (b'{"user_id": "u1", "doc_id": "d1", "text": "caf\xe9"}', "parse", "UTF-8"),
+])
+def test_bad_lines_become_dead_letters_with_a_reason(raw, stage, words):
+    result = parse_json_line(raw, source="in.jsonl")
+    assert isinstance(result, DeadLetter)
+    assert result.stage == stage and words in result.reason and result.source == "in.jsonl"
+    assert SECRET not in result.reason  # reasons may be logged; text never
+
+
+def test_ids_kept_when_readable_and_undecodable_bytes_kept_as_hex():
+    bad = parse_json_line(line(user_id="u1", doc_id="d1", text=""))
+    assert (bad.user_id, bad.doc_id) == ("u1", "d1")
+    raw = b'{"user_id": "u1", "text": "\xff\xfe"}'
+    letter = parse_json_line(raw)
+    assert letter.record == "hex:" + raw.hex()
+
+
+def test_oversized_record():
+    raw = line(user_id="u1", doc_id="d1", text="x" * 500)
+    letter = parse_json_line(raw, max_record_bytes=100)
+    assert isinstance(letter, DeadLetter) and "--max_record_bytes=100" in letter.reason
+    assert isinstance(parse_json_line(raw, max_record_bytes=10_000), ValidDocument)
+
+
+def test_parquet_rows_including_binary_text():
+    assert validate_row({"user_id": "u", "doc_id": "d", "text": b"ok bytes"}) == ValidDocument("u", "d", "ok bytes")
+    letter = validate_row({"user_id": "u", "doc_id": "d", "text": b"\xff\xfe"})
+    assert isinstance(letter, DeadLetter) and "UTF-8" in letter.reason
+    letter = validate_row({"user_id": "u", "doc_id": "d", "text": None})
+    assert isinstance(letter, DeadLetter) and "text" in letter.reason
+
+
+def test_duplicates_keep_the_same_record_in_any_order():
+    docs = [ValidDocument("u", "d", t) for t in ("alpha", "beta", "gamma")]
+    kept = {pick_one(order)[0] for order in (docs, docs[::-1], docs[1:] + docs[:1])}
+    assert len(kept) == 1
+    kept_one, dups = pick_one(docs)
+    assert len(dups) == 2 and kept_one not in dups
+    letter = duplicate_letter(dups[0])
+    assert letter.stage == "duplicate" and letter.reason and SECRET not in letter.reason
+
+
+def test_deletions():
+    assert parse_deletion(b'{"user_id": "u", "doc_id": "d"}') == ("u", "d")
+    assert parse_deletion({"user_id": "u", "doc_id": "d"}) == ("u", "d")
+    assert isinstance(parse_deletion(b"{oops"), DeadLetter)
+    assert isinstance(parse_deletion({"user_id": "u"}), DeadLetter)
+
+
+def test_length_buckets_bound_padding():
+    assert [length_bucket(n, 32) for n in (0, 1, 32, 33, 64, 65)] == [0, 0, 0, 1, 1, 2]
+    lengths = [3, 17, 31, 40, 63, 200, 210]
+    buckets = {}
+    for n in lengths:
+        buckets.setdefault(length_bucket(n, 32), []).append([0] * n)
+    for batch in buckets.values():
+        width = max(len(x) for x in batch)
+        assert all(width - len(x) < 32 for x in batch)
+    assert padding_fraction([[0] * 10, [0] * 10]) == 0.0
+    assert padding_fraction([[0] * 5, [0] * 10]) == pytest.approx(0.25)
+
+
+def test_batch_key_is_stable_and_spreads_shards():
+    assert batch_key("u", "d", 40, 32, 4) == batch_key("u", "d", 40, 32, 4)
+    keys = {batch_key("u", f"d{i}", 40, 32, 4) for i in range(100)}
+    assert keys == {f"1:{s}" for s in range(4)}
