@@ -84,3 +84,15 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def counter_values(result, namespace: str, names=()) -> dict[str, int]:
+    """A finished pipeline's counters in `namespace`, summed over steps (`names` default to 0)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    values = {name: 0 for name in names}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
+        # Some runners only report attempted values.
+        value = counter.committed if counter.committed is not None else counter.attempted
+        values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + int(value or 0)
+    return values

@@ -35,13 +35,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 from apache_beam.io.textio import ReadAllFromText, WriteToText
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import BaseModel, Field
 
 from pipelines.batching import batch_key
-from pipelines.common import CliError, ModelOptions, resolve_checkpoint, run_cli, shared_model, with_local_runner
+from pipelines.common import (CliError, ModelOptions, counter_values, resolve_checkpoint, run_cli, shared_model,
+                              with_local_runner)
+from pipelines.flags import parse_flags, tolerant
 from pipelines.profile_state import PreviousProfile, ProfileState
 from pipelines.validation import (DEFAULT_MAX_RECORD_BYTES, ValidDocument, duplicate_letter, parse_deletion,
                                   parse_json_line, pick_one, validate_row)
@@ -69,6 +70,8 @@ class CompressUsersOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        # Other jobs define --output/--batch_size too; see pipelines.flags for why this is tolerant.
+        parser = tolerant(parser)
         parser.add_argument("--input", default=None,
                             help="Documents: a file glob, local or gs://. Files ending in .parquet are read as "
                                  "Parquet, all others as JSONL (gzip by extension). Each record: user_id, doc_id, "
@@ -643,15 +646,6 @@ def build(p: beam.Pipeline, options: CompressUsersOptions, model: ModelOptions, 
 
 # ---- running and reporting ----------------------------------------------------------------
 
-def _counters(result) -> dict[str, int]:
-    values = {name: 0 for name in COUNTERS}
-    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-        name = counter.key.metric.name
-        value = counter.committed if counter.committed is not None else counter.attempted
-        values[name] = values.get(name, 0) + int(value or 0)
-    return values
-
-
 def _remove_stale_shards(folder: str, run_id: str, suffix: str) -> None:
     """Delete shards earlier runs left in a folder this run just rewrote (only after success)."""
     try:
@@ -695,7 +689,7 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
 def run(argv: list[str]) -> dict:
     """Build, run and report; returns the run summary (also written to OUTPUT/run_summary.json)."""
     options = PipelineOptions(with_local_runner(argv))
-    job = options.view_as(CompressUsersOptions)
+    job = parse_flags(CompressUsersOptions, argv)
     model = options.view_as(ModelOptions)
     plan = make_plan(job, model)
     if not plan.trained:
@@ -707,7 +701,7 @@ def run(argv: list[str]) -> dict:
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.perf_counter() - started
-    summary = summarize(plan, _counters(result), seconds)
+    summary = summarize(plan, counter_values(result, NAMESPACE, COUNTERS), seconds)
     _remove_stale_shards(f"{plan.output}/profiles", plan.run_id, ".parquet")
     _remove_stale_shards(plan.dead_letter_output, plan.run_id, ".jsonl")
     if plan.document_compressions_output and (plan.previous_compression_files or not plan.previous_profile_files):

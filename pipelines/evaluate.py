@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from pipelines import metrics as m
 from pipelines import plots
-from pipelines.common import CliError, run_cli, with_local_runner
+from pipelines.common import CliError, counter_values, run_cli, with_local_runner
 from pipelines.flags import parse_flags, print_help, tolerant
 from schemas import DeadLetter, Prediction
 
@@ -349,16 +349,6 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
     return out
 
 
-def _counters(result) -> dict[str, int]:
-    from apache_beam.metrics.metric import MetricsFilter
-    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
-    out: dict[str, int] = {}
-    for c in found:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
-
-
 def _help(argv: list[str]) -> bool:
     if "--help" not in argv and "-h" not in argv:
         return False
@@ -397,7 +387,7 @@ def main(argv: list[str]) -> int:
     with fs.open(aggregates_path, "r") as f:
         lines = [line for line in f.read().splitlines() if line.strip()]
     fs.rm(aggregates_path)
-    counts = _counters(result)
+    counts = counter_values(result, NAMESPACE)
     metrics = assemble(lines, counts, opts.use_stemmer)
     metrics["files"] = {"per_query": f"{output}/per_query-*.jsonl", "per_user": f"{output}/per_user-*.jsonl",
                         "plots": [] if opts.no_plots else plots.write_all(metrics, output)}

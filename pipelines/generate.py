@@ -32,7 +32,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import BaseModel, Field, ValidationError
 
-from pipelines.common import CliError, ModelOptions, resolve_checkpoint, run_cli, shared_model, with_local_runner
+from pipelines.common import (CliError, ModelOptions, counter_values, resolve_checkpoint, run_cli, shared_model,
+                              with_local_runner)
 from pipelines.flags import parse_flags, print_help, tolerant
 from pipelines.in_prompt import UserDocuments, fit_documents
 from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, read_metadata, tensor_column
@@ -461,16 +462,6 @@ def settings_from(opts, model: ModelOptions) -> GenerationSettings:
         raise CliError(f"invalid flag value: {_errors(exc)} (see --help)") from None
 
 
-def _counters(result) -> dict[str, int]:
-    from apache_beam.metrics.metric import MetricsFilter
-    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
-    out: dict[str, int] = {}
-    for c in found:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    return out
-
-
 def _help(argv: list[str]) -> bool:
     if "--help" not in argv and "-h" not in argv:
         return False
@@ -519,7 +510,7 @@ def main(argv: list[str]) -> int:
     result.wait_until_finish()
     seconds = time.time() - started
 
-    counts = _counters(result)
+    counts = counter_values(result, NAMESPACE)
     read, rejected = counts.get("query_read", 0), counts.get("query_dead_lettered", 0)
     answered, duplicates = counts.get("predictions", 0), counts.get("query_duplicates", 0)
     summary = {
