@@ -60,7 +60,7 @@ PREVIOUS_MARKER = "previous_marker"
 COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "already_merged", "compressed",
             "truncated", "tokens", "deletions_requested", "deletions_applied", "deletions_unmatched",
             "deletions_invalid", "profiles_written", "profiles_new", "profiles_updated", "profiles_unchanged",
-            "profiles_removed", "previous_profiles_read")
+            "profiles_removed", "previous_profiles_read", "padding_tokens")
 
 
 class CompressUsersOptions(PipelineOptions):
@@ -420,22 +420,38 @@ class Tokenize(beam.DoFn):
         yield batch_key(doc.user_id, doc.doc_id, len(ids), self.width, self.shards), (doc.user_id, doc.doc_id, ids)
 
 
-def split_batches(element, batch_size: int):
-    """A length bucket's documents → batches of batch_size, sorted by length inside the bucket.
+SORT_WINDOW_BATCHES = 64
+_PADDING_TOKENS = Metrics.counter(NAMESPACE, "padding_tokens")
+
+
+def split_batches(element, batch_size: int, window_batches: int = SORT_WINDOW_BATCHES):
+    """A length bucket's documents → batches of batch_size with near-equal lengths.
+
+    A bucket still spans `length_bucket_tokens` lengths, so batches cut in arrival order pad
+    every row up to the longest in the batch. Sorting windows of `window_batches` batches by
+    length first makes neighbours nearly equal (padding ~1 token per row) while memory stays
+    bounded by one window: the grouped values are iterated lazily (on Dataflow they stream
+    from shuffle), so a large bucket never sits in memory at once.
 
     A plain GroupByKey, not GroupIntoBatches: the latter's processing-time timer pushes the
-    DirectRunner onto its legacy engine. The grouped values are iterated lazily (on Dataflow
-    they stream from shuffle), so a large bucket never sits in memory at once.
+    DirectRunner onto its legacy engine.
     """
     _, docs = element
-    batch = []
+    window: list = []
     for doc in docs:
-        batch.append(doc)
-        if len(batch) == batch_size:
-            yield sorted(batch, key=lambda x: (len(x[2]), x[0], x[1]))
-            batch = []
-    if batch:
-        yield sorted(batch, key=lambda x: (len(x[2]), x[0], x[1]))
+        window.append(doc)
+        if len(window) == batch_size * window_batches:
+            yield from _sorted_batches(window, batch_size)
+            window = []
+    yield from _sorted_batches(window, batch_size)
+
+
+def _sorted_batches(docs: list, batch_size: int):
+    docs.sort(key=lambda x: (len(x[2]), x[0], x[1]))
+    for start in range(0, len(docs), batch_size):
+        batch = docs[start: start + batch_size]
+        _PADDING_TOKENS.inc(len(batch) * len(batch[-1][2]) - sum(len(x[2]) for x in batch))
+        yield batch
 
 
 class Compressor:
@@ -660,6 +676,8 @@ def _remove_stale_shards(folder: str, run_id: str, suffix: str) -> None:
 def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
     accounted = (counters["compressed"] + counters["dead_lettered"] + counters["duplicates"]
                  + counters["already_merged"])
+    useful = counters["tokens"] + plan.K * counters["compressed"]
+    processed = useful + counters["padding_tokens"]
     return {
         "run_id": plan.run_id,
         "users": counters["profiles_written"],
@@ -672,6 +690,9 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
         "reconciled": counters["records_read"] == accounted,
         "seconds": round(seconds, 3),
         "documents_per_second": round(counters["compressed"] / seconds, 2) if seconds > 0 else None,
+        # Positions the model ran over (document tokens + K slots + padding), and the useful share.
+        "processed_positions": processed,
+        "padding_efficiency": round(useful / processed, 4) if processed else None,
         "counters": counters,
         "checkpoint": plan.checkpoint,
         "checkpoint_trained": plan.trained,

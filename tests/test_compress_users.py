@@ -284,3 +284,20 @@ def test_refresh_in_place_replaces_the_old_shards(tmp_path, tiny_checkpoint, com
     shards = list((tmp_path / "live" / "profiles").glob("*.parquet"))
     assert len(shards) == 1 and summary["run_id"] in shards[0].name
     assert sum(p.doc_count for p in profiles(tmp_path / "live").values()) == len(rows)
+
+
+def test_batches_are_length_sorted_and_padding_is_small():
+    """Windows of a bucket are sorted before batching, so neighbours have near-equal lengths."""
+    import random
+
+    from pipelines.batching import padding_fraction
+    from pipelines.compress_users import split_batches
+    rng = random.Random(0)
+    docs = [("u", f"d{i}", [1] * rng.randint(33, 64)) for i in range(400)]
+    batches = list(split_batches(("bucket", iter(docs)), 16, window_batches=8))
+    assert sorted(x[1] for b in batches for x in b) == sorted(d[1] for d in docs)
+    assert all(len(b) <= 16 for b in batches)
+    mean_padding = sum(padding_fraction([x[2] for x in b]) for b in batches) / len(batches)
+    arrival_order = [[x[2] for x in docs[i:i + 16]] for i in range(0, len(docs), 16)]
+    unsorted_padding = sum(map(padding_fraction, arrival_order)) / len(arrival_order)
+    assert mean_padding < 0.05 and mean_padding < unsorted_padding / 4, (mean_padding, unsorted_padding)
