@@ -1,0 +1,44 @@
+"""Each benchmark runs end to end at a tiny size, so the scripts keep working (not timed)."""
+import pytest
+
+from benchmarks.common import DEFAULT_NEWS
+from pathlib import Path
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not Path(DEFAULT_NEWS).exists(),
+                                                          reason="../shared/data is not beside the checkout")]
+
+
+def _rows(table: str) -> list[list[str]]:
+    lines = table.strip().splitlines()[2:]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def test_generation_cost_smoke():
+    from benchmarks import generation_cost
+    rows = _rows(generation_cost.main(["--queries", "2", "--docs", "1,2", "--new_tokens", "2", "--repeats", "1"]))
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert float(rows[1][2]) > float(rows[0][2])  # more documents, longer in-prompt baseline
+
+
+def test_compression_forward_smoke():
+    from benchmarks import compression_forward
+    rows = _rows(compression_forward.main(["--documents", "12", "--batch_size", "4"]))
+    assert [r[1] for r in rows] == ["raw forward, documents", "raw forward, documents + K", "ComMer.compress"]
+
+
+def test_pipeline_throughput_smoke():
+    from benchmarks import pipeline_throughput
+    rows = _rows(pipeline_throughput.main(["--documents", "24", "--batch_size", "4"]))
+    assert rows[-1][0].startswith("compress_users") and 0 < float(rows[-1][4]) <= 1
+
+
+def test_refresh_cost_smoke():
+    from benchmarks import refresh_cost
+    rows = _rows(refresh_cost.main(["--documents", "40", "--fractions", "0.05"]))
+    assert rows[0][1] == rows[0][2] == "2"  # every 20th of 40 documents is new, and exactly those are compressed
+
+
+def test_memory_at_scale_smoke():
+    from benchmarks import memory_at_scale
+    rows = _rows(memory_at_scale.main(["--users", "20,40"]))
+    assert [r[0] for r in rows] == ["20", "40"] and all(float(r[1]) > 0 for r in rows)
