@@ -1,0 +1,151 @@
+"""Score a method on a task split: perplexity of the reference and ROUGE with greedy decoding.
+
+    python -m training.evaluate_task --task news --data .../news_category_v3_subset.jsonl \
+        --method commer --checkpoint commer/checkpoints/default --num_documents 1 2 4 8 \
+        --max_examples 200 --output eval.json
+
+Methods:
+    commer          ComMer checkpoint: documents compressed, mean-merged, soft prompt + instruction
+    none            no personalization: the instruction alone (frozen backbone)
+    prompt_tuning   a trained prompt-tuning folder: soft prompt + documents as text + instruction
+The same examples are scored at every number of documents: they are retrieved once at the
+largest n (BM25 order, best first) and cut to the first n, and the 2,900-character filter is
+applied at the largest n.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import torch
+
+from training.config import TrainConfig
+from training.tasks import DataError, Example, load_examples
+
+log = logging.getLogger("training.evaluate")
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    from rouge_score import rouge_scorer
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    r1 = rl = 0.0
+    for p, r in zip(predictions, references):
+        s = scorer.score(r, p)
+        r1 += s["rouge1"].fmeasure
+        rl += s["rougeL"].fmeasure
+    n = max(len(predictions), 1)
+    return {"rouge1": r1 / n, "rougeL": rl / n}
+
+
+@torch.no_grad()
+def evaluate(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,
+             max_new_tokens: int = 24, generate: bool = True) -> dict:
+    """Perplexity (token-level and mean per example) and ROUGE-1/L of greedy answers."""
+    model.eval()
+    total_nll = total_tokens = 0.0
+    per_example: list[float] = []
+    predictions: list[str] = []
+    started = time.time()
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start: start + batch_size]
+        docs = [e.documents[:num_documents] for e in batch]
+        ins = [e.instruction for e in batch]
+        ans = [e.answer for e in batch]
+        if method == "prompt_tuning":
+            nll, count = model.answer_nll(docs, ins, ans)
+            if generate:
+                predictions += model.generate(docs, ins, max_new_tokens=max_new_tokens)
+        else:
+            soft = [None] * len(batch) if method == "none" else model.merge_documents(docs)
+            nll, count = model.answer_nll(soft, ins, ans)
+            if generate:
+                predictions += model.generate(soft, ins, max_new_tokens=max_new_tokens)
+        total_nll += float(nll.sum())
+        total_tokens += float(count.sum())
+        per_example += torch.exp(nll / count).tolist()
+    result = {
+        "method": method, "num_documents": num_documents if method != "none" else 0, "examples": len(examples),
+        "perplexity": math.exp(total_nll / max(total_tokens, 1.0)),
+        "mean_example_perplexity": sum(per_example) / max(len(per_example), 1),
+        "seconds": round(time.time() - started, 1),
+    }
+    if generate:
+        result.update(rouge_scores(predictions, [e.answer for e in examples]))
+    return result
+
+
+def load_model(method: str, checkpoint: str | None, cache: str | None):
+    if method == "prompt_tuning":
+        from training.prompt_tuning import PromptTuning
+        if not checkpoint:
+            raise DataError("--method prompt_tuning needs --checkpoint (a prompt-tuning run's final/ folder)")
+        return PromptTuning.from_pretrained(checkpoint, cache=cache)
+    from commer import ComMer
+    from commer.defaults import default_checkpoint
+    return ComMer.from_pretrained(checkpoint or default_checkpoint(cache), cache=cache)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task", required=True, choices=["pretrain", "news", "lamp4", "lamp7", "perltqa"])
+    p.add_argument("--data", nargs="+", required=True, help="Data file(s), as for training.train.")
+    p.add_argument("--data_outputs", default=None, help="LaMP outputs JSON / PerLTQA QA JSON.")
+    p.add_argument("--val_data", nargs="*", default=[], help="LaMP: dev questions JSON (used as the test split).")
+    p.add_argument("--val_outputs", default=None, help="LaMP: dev outputs JSON.")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--method", default="commer", choices=["commer", "none", "prompt_tuning"])
+    p.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled default) "
+                                                      "or prompt-tuning folder.")
+    p.add_argument("--num_documents", nargs="+", type=int, default=[4], help="Documents per example (several allowed).")
+    p.add_argument("--max_examples", type=int, default=200, help="Seeded sample of this many examples.")
+    p.add_argument("--max_examples_per_user", type=int, default=None, help="news: cap per author before sampling.")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--max_new_tokens", type=int, default=24)
+    p.add_argument("--no_generate", action="store_true", help="Perplexity only (skip greedy decoding/ROUGE).")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_threads", type=int, default=0)
+    p.add_argument("--cache_dir", default=None)
+    p.add_argument("--label", default=None, help="Name of this row in the output (default: the method).")
+    p.add_argument("--output", default=None, help="Append result rows (JSON lines) to this file.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.num_threads or max(1, os.cpu_count() or 1))
+    most = max(args.num_documents)
+    config = TrainConfig(task=args.task, data=args.data, data_outputs=args.data_outputs, val_data=args.val_data,
+                         val_outputs=args.val_outputs, num_documents=most, seed=args.seed,
+                         max_examples_per_user=args.max_examples_per_user)
+    try:
+        examples = load_examples(config, args.split, args.max_examples)
+        if not examples:
+            raise DataError(f"{args.data}: no {args.split} examples for task {args.task!r}")
+        model = load_model(args.method, args.checkpoint, args.cache_dir)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = []
+    for n in ([0] if args.method == "none" else args.num_documents):
+        row = evaluate(model, args.method, examples, n, args.batch_size, args.max_new_tokens, not args.no_generate)
+        row["label"] = args.label or args.method
+        row["checkpoint"] = args.checkpoint
+        if args.method == "commer":
+            row["trained"] = bool(model.config.trained)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.output:
+            with open(args.output, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

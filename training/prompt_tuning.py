@@ -1,0 +1,92 @@
+"""Prompt-tuning baseline (Lester et al., 2021), as the paper uses it:
+
+    concat(soft_prompt, embed(concat(doc_1, ..., doc_n, x)))
+
+A trainable soft prompt of P embeddings is put before the documents (as plain text) and the
+instruction; the backbone is frozen. It reuses ComMer's generator path (`answer_nll`,
+`generate`) with the adapter off, so both methods are scored by the same code.
+
+Saved as a folder: prompt_tuning.json (backbone reference/hash, P, token limits) and
+soft_prompt.safetensors. No pickle.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from commer import ComMer, ComMerConfig
+
+CONFIG_FILE = "prompt_tuning.json"
+WEIGHTS_FILE = "soft_prompt.safetensors"
+# Documents as text need room: the generator prompt holds them all.
+MAX_PROMPT_TOKENS = 2048
+
+
+def documents_as_text(documents: Sequence[str], instruction: str) -> str:
+    if not documents:
+        return instruction
+    return "\n".join(documents) + "\n\n" + instruction
+
+
+class PromptTuning(nn.Module):
+    def __init__(self, base: ComMer, num_tokens: int, seed: int = 0):
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vocab = base.embed.weight
+            rows = torch.randint(0, vocab.shape[0], (num_tokens,))
+            self.soft_prompt = nn.Parameter(vocab[rows].detach().float().clone())
+        self.seed = seed
+
+    @classmethod
+    def from_backbone(cls, backbone: str, num_tokens: int, seed: int = 0, dtype: str = "float32",
+                      cache: str | None = None, max_answer_tokens: int = 64) -> "PromptTuning":
+        # The ComMer wrapper only lends its generator path; a rank-1 adapter keeps it light
+        # and is never enabled.
+        config = ComMerConfig(num_compression_tokens=1, max_prompt_tokens=MAX_PROMPT_TOKENS,
+                              max_answer_tokens=max_answer_tokens, lora={"r": 1, "alpha": 1, "dropout": 0.0})
+        return cls(ComMer.from_backbone(backbone, config, dtype=dtype, cache=cache), num_tokens, seed)
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: str = "float32", cache: str | None = None) -> "PromptTuning":
+        folder = Path(path)
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+        model = cls.from_backbone(meta["backbone"], meta["num_tokens"], meta.get("seed", 0), dtype, cache,
+                                  meta.get("max_answer_tokens", 64))
+        if meta.get("backbone_hash") and model.base.identity.content_hash != meta["backbone_hash"]:
+            raise ValueError(f"{path}: soft prompt was trained on another backbone")
+        model.soft_prompt.data.copy_(load_file(str(folder / WEIGHTS_FILE))["soft_prompt"])
+        model.eval()
+        return model
+
+    def save_pretrained(self, path: str, training: dict | None = None) -> None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"soft_prompt": self.soft_prompt.detach().float().cpu().contiguous()}, str(folder / WEIGHTS_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps({
+            "method": "prompt_tuning", "backbone": self.base.config.backbone,
+            "backbone_hash": self.base.identity.content_hash, "num_tokens": self.soft_prompt.shape[0],
+            "seed": self.seed, "max_answer_tokens": self.base.config.max_answer_tokens,
+            "training": training or {},
+        }, indent=2))
+
+    def answer_nll(self, documents, instructions, answers):
+        prompts = [documents_as_text(d, x) for d, x in zip(documents, instructions)]
+        return self.base.answer_nll([self.soft_prompt] * len(prompts), prompts, answers)
+
+    def loss(self, documents, instructions, answers) -> torch.Tensor:
+        nll, count = self.answer_nll(documents, instructions, answers)
+        return nll.sum() / count.sum()
+
+    @torch.inference_mode()
+    def generate(self, documents, instructions, max_new_tokens: int = 32) -> list[str]:
+        prompts = [documents_as_text(d, x) for d, x in zip(documents, instructions)]
+        return self.base.generate([self.soft_prompt.detach()] * len(prompts), prompts, max_new_tokens=max_new_tokens)

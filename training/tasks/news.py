@@ -1,0 +1,79 @@
+"""Personalized news headlines from the public HuffPost News Category data (LaMP-4's source).
+
+One user per author (rows with an empty `authors` belong to no user). For each of an author's
+articles with a non-empty short description, the example is
+    instruction  "Generate a headline for the following article: {short_description}"
+    answer       the headline
+    documents    the author's OTHER articles, formatted like LaMP-4 documents
+                 ("Text: {short_description} Title: {headline}"), the top-n by BM25
+                 (query = the short description, corpus = "headline short_description",
+                 whitespace tokens — LaMP-4's rule).
+Split (fixed, written down): an author goes to train / val / test by the first 12 hex digits
+of sha256(author name) read as a fraction of 16**12: [0, 0.8) train, [0.8, 0.9) val,
+[0.9, 1) test. So no author is in two splits, and the split does not depend on file order.
+Examples over 2,900 characters are excluded.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from training.tasks.base import DataError, Example, bm25_top, drop_long, read_jsonl, split_of
+
+INSTRUCTION = "Generate a headline for the following article: {}"
+FRACTIONS = (0.8, 0.1, 0.1)
+FIELDS = ("headline", "short_description", "authors")
+
+
+def format_document(headline: str, description: str) -> str:
+    return f"Text: {description.strip()} Title: {headline.strip()}" if description.strip() else f"Title: {headline.strip()}"
+
+
+def read_articles(path: str) -> dict[str, list[dict]]:
+    """Articles grouped by author, in file order."""
+    by_author: dict[str, list[dict]] = defaultdict(list)
+    for number, row in enumerate(read_jsonl(path, "news (HuffPost JSONL)"), 1):
+        missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
+        if missing:
+            raise DataError(f"{path}: record {number} of the news file lacks string field(s) {missing}")
+        author = row["authors"].strip()
+        if author and row["headline"].strip():
+            by_author[author].append(row)
+    return by_author
+
+
+def load(data: str, split: str, num_documents: int, seed: int = 0, max_examples: int | None = None,
+         max_examples_per_user: int | None = None) -> list[Example]:
+    """Examples of the authors in `split`; documents retrieved per example by BM25.
+
+    Sampling (per-author cap, then overall cap) happens before retrieval, seeded, so a capped
+    evaluation set is the same every run.
+    """
+    rng = random.Random(seed)
+    candidates = []
+    for author, articles in sorted(read_articles(data).items()):
+        if len(articles) < 2 or split_of(author, FRACTIONS) != split:
+            continue
+        queries = [i for i, a in enumerate(articles) if a["short_description"].strip()]
+        if max_examples_per_user is not None and len(queries) > max_examples_per_user:
+            queries = sorted(rng.sample(queries, max_examples_per_user))
+        candidates.extend((author, articles, i) for i in queries)
+    if max_examples is not None and len(candidates) > max_examples:
+        # Oversample a little: some candidates may fall to the length filter.
+        candidates = rng.sample(candidates, min(len(candidates), int(max_examples * 1.2) + 8))
+
+    examples = []
+    for author, articles, i in candidates:
+        query = articles[i]
+        others = [a for j, a in enumerate(articles) if j != i]
+        corpus = [f"{a['headline']} {a['short_description']}" for a in others]
+        top = bm25_top(query["short_description"], corpus, num_documents)
+        examples.append(Example(
+            documents=[format_document(others[j]["headline"], others[j]["short_description"]) for j in top],
+            instruction=INSTRUCTION.format(query["short_description"].strip()),
+            answer=query["headline"].strip(),
+            user_id=author,
+            example_id=query.get("link") or f"{author}#{i}",
+        ))
+    examples = drop_long(examples)
+    return examples[:max_examples] if max_examples is not None else examples
