@@ -122,6 +122,8 @@ def test_evaluate_methods(tiny_model):
     for row in (none, with_docs):
         assert row["examples"] == 4 and row["perplexity"] > 1 and 0 <= row["rougeL"] <= 1
     assert none["perplexity"] != with_docs["perplexity"]
+    # ComMer's prompt is the instruction plus exactly K soft tokens, whatever the documents' length
+    assert with_docs["mean_prompt_tokens"] == pytest.approx(none["mean_prompt_tokens"] + tiny_model.K)
     assert rouge_scores(["the cat sat"], ["the cat sat"])["rougeL"] == pytest.approx(1.0)
 
 

@@ -30,6 +30,15 @@ from training.tasks import DataError, Example, load_examples
 log = logging.getLogger("training.evaluate")
 
 
+def prompt_tokens(model, method: str, documents: list[str], instruction: str) -> int:
+    """Tokens the generator's prompt holds: the cost the paper's Figure 3 puts on its x axis."""
+    if method == "prompt_tuning":
+        from training.prompt_tuning import documents_as_text
+        return model.soft_prompt.shape[0] + len(model.base.prompt_ids(documents_as_text(documents, instruction)))
+    soft = model.K if method == "commer" and documents else 0
+    return soft + len(model.prompt_ids(instruction))
+
+
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     from rouge_score import rouge_scorer
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
@@ -49,6 +58,7 @@ def evaluate(model, method: str, examples: list[Example], num_documents: int, ba
     model.eval()
     total_nll = total_tokens = 0.0
     per_example: list[float] = []
+    prompt_lengths: list[int] = []
     predictions: list[str] = []
     started = time.time()
     for start in range(0, len(examples), batch_size):
@@ -56,6 +66,7 @@ def evaluate(model, method: str, examples: list[Example], num_documents: int, ba
         docs = [e.documents[:num_documents] for e in batch]
         ins = [e.instruction for e in batch]
         ans = [e.answer for e in batch]
+        prompt_lengths += [prompt_tokens(model, method, d, x) for d, x in zip(docs, ins)]
         if method == "prompt_tuning":
             nll, count = model.answer_nll(docs, ins, ans)
             if generate:
@@ -72,6 +83,7 @@ def evaluate(model, method: str, examples: list[Example], num_documents: int, ba
         "method": method, "num_documents": num_documents if method != "none" else 0, "examples": len(examples),
         "perplexity": math.exp(total_nll / max(total_tokens, 1.0)),
         "mean_example_perplexity": sum(per_example) / max(len(per_example), 1),
+        "mean_prompt_tokens": sum(prompt_lengths) / max(len(prompt_lengths), 1),
         "seconds": round(time.time() - started, 1),
     }
     if generate:
