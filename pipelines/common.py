@@ -13,8 +13,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 log = logging.getLogger(__name__)
 
-# Runners that never try to download anything (Beam 2.77 would otherwise fetch Prism first).
-LOCAL_RUNNER = "DirectRunner"
+# With no --runner, jobs run on the FnApiRunner: the engine Beam 2.77's DirectRunner uses for
+# batch pipelines, minus its first step of downloading the Prism runner binary from GitHub
+# (which hangs or fails on machines without internet, e.g. batch workers behind a firewall).
+LOCAL_RUNNER = "FnApiRunner"
 
 
 class CliError(Exception):
@@ -66,7 +68,7 @@ def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str,
 
 
 def with_local_runner(argv: Sequence[str]) -> list[str]:
-    """argv with --runner=DirectRunner added when no runner was named."""
+    """argv with the local runner added when no runner was named."""
     argv = list(argv)
     if not any(a == "--runner" or a.startswith("--runner=") for a in argv):
         argv.append(f"--runner={LOCAL_RUNNER}")

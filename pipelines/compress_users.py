@@ -1,6 +1,6 @@
 """The main job: user documents → one ComMer soft prompt per user, with nightly incremental refresh.
 
-    python -m pipelines.compress_users                      # sample corpus, DirectRunner, ./commer_output
+    python -m pipelines.compress_users                      # sample corpus, in-process runner, ./commer_output
     python -m pipelines.compress_users --input 'gs://b/docs/*.jsonl' --output gs://b/profiles/2026-11-24 \
         --previous_profiles gs://b/profiles/2026-11-23 --runner DataflowRunner ...
 
@@ -738,7 +738,7 @@ def print_help() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.compress_users",
         description="Compress each user's documents into one ComMer soft prompt (Apache Beam). With no flags: "
-                    "the shipped sample corpus on the DirectRunner, profiles in ./commer_output. Standard Beam "
+                    "the shipped sample corpus on the in-process FnApiRunner (the DirectRunner's batch engine), profiles in ./commer_output. Standard Beam "
                     "flags (--runner, --project, --region, --temp_location, --setup_file, --num_workers, "
                     "--machine_type, --dataflow_service_options, --sdk_container_image, ...) are accepted too.")
     CompressUsersOptions._add_argparse_args(parser.add_argument_group("job"))
