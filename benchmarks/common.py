@@ -25,12 +25,24 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-def matmul_flops_per_second(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5) -> float:
-    """The machine's dense matmul rate (FLOP/s) for `dtype`: the ceiling for model FLOP utilisation."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
+def matmul_flops_per_second(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 7,
+                            device: str = "cpu") -> float:
+    """The machine's dense matmul rate (FLOP/s) for `dtype`: the ceiling for model FLOP utilisation.
+
+    Square n×n products, the best of several timings: on a shared VM a short single timing
+    catches a neighbour's burst and understates the ceiling (it once read 178 GFLOP/s for a
+    model that itself ran at 220), which would overstate utilisation."""
+    if device != "cpu":
+        n *= 4  # a GPU needs a much larger product to reach its rate
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+
+    def product():
         a @ b
-    seconds = best_of(lambda: [a @ b for _ in range(4)], repeats) / 4
+        if device != "cpu":
+            torch.cuda.synchronize()
+    for _ in range(2):
+        product()
+    seconds = best_of(product, repeats)
     return 2 * n ** 3 / seconds
 
 
