@@ -226,32 +226,9 @@ def score_row(row: dict, use_stemmer: bool) -> dict:
 
 # ---- aggregation ------------------------------------------------------------------------
 
-class AggregateFn(beam.CombineFn):
-    """metrics.Aggregate as a CombineFn (the arithmetic lives in pipelines.metrics)."""
-
-    def __init__(self, with_histogram: bool = False):
-        self.with_histogram = with_histogram
-
-    def create_accumulator(self):
-        return m.Aggregate(with_histogram=self.with_histogram)
-
-    def add_input(self, accumulator, row):
-        return accumulator.add(row)
-
-    def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        first = next(accumulators)
-        for other in accumulators:
-            first.merge(other)
-        return first
-
-    def extract_output(self, accumulator):
-        return accumulator.summary()
-
-
-class DistributionFn(beam.CombineFn):
-    def create_accumulator(self):
-        return m.Distribution()
+class _AccumulatorFn(beam.CombineFn):
+    """A CombineFn over a Beam-free accumulator from pipelines.metrics (add / merge / summary);
+    subclasses only say which accumulator. Merging mutates only the first one (combiner lifting)."""
 
     def add_input(self, accumulator, value):
         return accumulator.add(value)
@@ -265,6 +242,21 @@ class DistributionFn(beam.CombineFn):
 
     def extract_output(self, accumulator):
         return accumulator.summary()
+
+
+class AggregateFn(_AccumulatorFn):
+    """metrics.Aggregate as a CombineFn (the arithmetic lives in pipelines.metrics)."""
+
+    def __init__(self, with_histogram: bool = False):
+        self.with_histogram = with_histogram
+
+    def create_accumulator(self):
+        return m.Aggregate(with_histogram=self.with_histogram)
+
+
+class DistributionFn(_AccumulatorFn):
+    def create_accumulator(self):
+        return m.Distribution()
 
 
 def build(pipeline, opts, files: list[str], kind: str) -> None:
