@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
+import uuid
+from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -98,3 +101,36 @@ def counter_values(result, namespace: str, names=()) -> dict[str, int]:
         value = counter.committed if counter.committed is not None else counter.attempted
         values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + int(value or 0)
     return values
+
+
+def new_run_id() -> str:
+    """A sortable, unique id for one run; every shard the run writes carries it in its name."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def run_pipeline(options, build: Callable, *args):
+    """Build a pipeline with `build(pipeline, *args)`, run it to the end; (result, seconds)."""
+    import apache_beam as beam
+
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, *args)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result, time.perf_counter() - started
+
+
+def remove_stale_shards(folder: str, run_id: str, pattern: str) -> None:
+    """Delete the shards matching folder/pattern that an earlier run left (names without run_id).
+
+    Called only after this run succeeded, so a failed run never leaves a folder without its
+    previous output, and a rerun that writes fewer shards leaves none of the old ones mixed in."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        found = FileSystems.match([f"{folder}/{pattern}"])[0].metadata_list
+    except Exception:  # the folder does not exist yet
+        return
+    stale = [m.path for m in found if run_id not in m.path.rsplit("/", 1)[-1]]
+    if stale:
+        FileSystems.delete(stale)

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,8 +38,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import BaseModel, Field
 
 from pipelines.batching import batch_key
-from pipelines.common import (CliError, ModelOptions, counter_values, resolve_checkpoint, run_cli, shared_model,
-                              with_local_runner)
+from pipelines.common import (CliError, ModelOptions, counter_values, new_run_id, remove_stale_shards,
+                              resolve_checkpoint, run_cli, run_pipeline, shared_model, with_local_runner)
 from pipelines.flags import parse_flags, tolerant
 from pipelines.profile_state import PreviousProfile, ProfileState
 from pipelines.validation import (DEFAULT_MAX_RECORD_BYTES, ValidDocument, duplicate_letter, parse_deletion,
@@ -213,7 +211,7 @@ def make_plan(options: CompressUsersOptions, model: ModelOptions) -> JobPlan:
         output=output, dead_letter_output=(options.dead_letter_output or f"{output}/dead_letters").rstrip("/"),
         document_compressions_output=(options.document_compressions_output.rstrip("/")
                                       if options.document_compressions_output else None),
-        run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8],
+        run_id=new_run_id(),
         now=datetime.now(timezone.utc),
     )
     if options.deletions:
@@ -662,17 +660,6 @@ def build(p: beam.Pipeline, options: CompressUsersOptions, model: ModelOptions, 
 
 # ---- running and reporting ----------------------------------------------------------------
 
-def _remove_stale_shards(folder: str, run_id: str, suffix: str) -> None:
-    """Delete shards earlier runs left in a folder this run just rewrote (only after success)."""
-    try:
-        found = FileSystems.match([f"{folder}/*{suffix}"])[0].metadata_list
-    except Exception:
-        return
-    stale = [m.path for m in found if run_id not in m.path.rsplit("/", 1)[-1]]
-    if stale:
-        FileSystems.delete(stale)
-
-
 def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
     accounted = (counters["compressed"] + counters["dead_lettered"] + counters["duplicates"]
                  + counters["already_merged"])
@@ -716,18 +703,13 @@ def run(argv: list[str]) -> dict:
     if not plan.trained:
         print(f"note: checkpoint {plan.checkpoint} is UNTRAINED (seeded initialisation); profiles are valid "
               "but not yet useful for personalisation", file=sys.stderr)
-    started = time.perf_counter()
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, job, model, plan)
-    result = pipeline.run()
-    result.wait_until_finish()
-    seconds = time.perf_counter() - started
+    result, seconds = run_pipeline(options, build, job, model, plan)
     summary = summarize(plan, counter_values(result, NAMESPACE, COUNTERS), seconds)
-    _remove_stale_shards(f"{plan.output}/profiles", plan.run_id, ".parquet")
-    _remove_stale_shards(plan.dead_letter_output, plan.run_id, ".jsonl")
+    remove_stale_shards(f"{plan.output}/profiles", plan.run_id, "*.parquet")
+    remove_stale_shards(plan.dead_letter_output, plan.run_id, "*.jsonl")
     if plan.document_compressions_output and (plan.previous_compression_files or not plan.previous_profile_files):
         # Full runs, and refreshes that carried the earlier compressions, wrote every current one.
-        _remove_stale_shards(plan.document_compressions_output, plan.run_id, ".parquet")
+        remove_stale_shards(plan.document_compressions_output, plan.run_id, "*.parquet")
     with FileSystems.create(f"{plan.output}/run_summary.json") as f:
         f.write(json.dumps(summary, indent=2).encode())
     return summary

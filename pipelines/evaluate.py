@@ -31,7 +31,8 @@ from pydantic import ValidationError
 
 from pipelines import metrics as m
 from pipelines import plots
-from pipelines.common import CliError, counter_values, run_cli, with_local_runner
+from pipelines.common import (CliError, counter_values, new_run_id, remove_stale_shards, run_cli, run_pipeline,
+                              with_local_runner)
 from pipelines.flags import parse_flags, print_help, tolerant
 from schemas import DeadLetter, Prediction
 
@@ -259,7 +260,7 @@ class DistributionFn(_AccumulatorFn):
         return m.Distribution()
 
 
-def build(pipeline, opts, files: list[str], kind: str) -> None:
+def build(pipeline, opts, files: list[str], kind: str, run_id: str) -> None:
     output = opts.output.rstrip("/")
     if kind == "parquet":
         raw = (pipeline | "PredictionFiles" >> beam.Create(files)
@@ -280,7 +281,7 @@ def build(pipeline, opts, files: list[str], kind: str) -> None:
     scored = predictions | "Score" >> beam.Map(score_row, stemmer)
 
     (scored | "PerQueryJson" >> beam.Map(json.dumps)
-     | "WritePerQuery" >> beam.io.WriteToText(f"{output}/per_query", file_name_suffix=".jsonl"))
+     | "WritePerQuery" >> beam.io.WriteToText(f"{output}/per_query-{run_id}", file_name_suffix=".jsonl"))
 
     overall = (scored | "Overall" >> beam.CombineGlobally(AggregateFn(with_histogram=True))
                | "TagOverall" >> beam.Map(lambda s: ("overall", None, s)))
@@ -299,7 +300,7 @@ def build(pipeline, opts, files: list[str], kind: str) -> None:
                 | "PerUser" >> beam.CombinePerKey(AggregateFn())
                 | "UserRow" >> beam.Map(lambda kv: {"user_id": kv[0], **kv[1]}))
     (per_user | "PerUserJson" >> beam.Map(json.dumps)
-     | "WritePerUser" >> beam.io.WriteToText(f"{output}/per_user", file_name_suffix=".jsonl"))
+     | "WritePerUser" >> beam.io.WriteToText(f"{output}/per_user-{run_id}", file_name_suffix=".jsonl"))
     distributions = []
     for name in ("rouge1", "rougeL"):
         distributions.append(
@@ -315,7 +316,7 @@ def build(pipeline, opts, files: list[str], kind: str) -> None:
      | "AggregateJson" >> beam.Map(json.dumps)
      | "WriteAggregates" >> beam.io.WriteToText(f"{output}/{AGGREGATES}", shard_name_template="", num_shards=1))
     (parsed.dead | "DeadToJson" >> beam.Map(lambda d: d.model_dump_json())
-     | "WriteDeadLetters" >> beam.io.WriteToText(f"{output}/dead_letters/dead_letters", file_name_suffix=".jsonl"))
+     | "WriteDeadLetters" >> beam.io.WriteToText(f"{output}/dead_letters/dead_letters-{run_id}", file_name_suffix=".jsonl"))
 
 
 def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dict:
@@ -365,15 +366,10 @@ def main(argv: list[str]) -> int:
     from commer.storage import filesystem
     output = opts.output.rstrip("/")
     fs, root = filesystem(output)
-    for stale in (fs.glob(f"{root}/per_query-*") + fs.glob(f"{root}/per_user-*")
-                  + fs.glob(f"{root}/dead_letters/dead_letters-*")):
-        fs.rm(stale)
-
-    started = time.time()
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, opts, files, kind)
-    result = pipeline.run()
-    result.wait_until_finish()
+    run_id, started = new_run_id(), time.perf_counter()
+    result, _ = run_pipeline(options, build, opts, files, kind, run_id)
+    for folder, pattern in ((output, "per_query-*"), (output, "per_user-*"), (f"{output}/dead_letters", "dead_letters-*")):
+        remove_stale_shards(folder, run_id, pattern)
 
     aggregates_path = f"{root}/{AGGREGATES}"
     with fs.open(aggregates_path, "r") as f:
@@ -383,7 +379,7 @@ def main(argv: list[str]) -> int:
     metrics = assemble(lines, counts, opts.use_stemmer)
     metrics["files"] = {"per_query": f"{output}/per_query-*.jsonl", "per_user": f"{output}/per_user-*.jsonl",
                         "plots": [] if opts.no_plots else plots.write_all(metrics, output)}
-    metrics["seconds"] = round(time.time() - started, 2)
+    metrics["seconds"] = round(time.perf_counter() - started, 2)  # pipeline + plots
     with fsspec.open(f"{output}/metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
     overall = metrics["overall"]

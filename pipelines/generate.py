@@ -23,7 +23,6 @@ import copy
 import hashlib
 import json
 import logging
-import time
 from typing import Iterable, Optional
 
 import apache_beam as beam
@@ -32,8 +31,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import BaseModel, Field, ValidationError
 
-from pipelines.common import (CliError, ModelOptions, counter_values, resolve_checkpoint, run_cli, shared_model,
-                              with_local_runner)
+from pipelines.common import (CliError, ModelOptions, counter_values, new_run_id, remove_stale_shards,
+                              resolve_checkpoint, run_cli, run_pipeline, shared_model, with_local_runner)
 from pipelines.flags import parse_flags, print_help, tolerant
 from pipelines.in_prompt import UserDocuments, fit_documents
 from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, read_metadata, tensor_column
@@ -376,15 +375,7 @@ class ComMerGenerator(ModelHandler):
 
 # ---- the pipeline -----------------------------------------------------------------------
 
-def _remove_stale(path_prefix: str) -> None:
-    """Earlier shards of this output (a rerun may write fewer shards, leaving old ones mixed in)."""
-    from commer.storage import filesystem
-    fs, prefix = filesystem(path_prefix)
-    for stale in fs.glob(prefix + "-*"):
-        fs.rm(stale)
-
-
-def build(pipeline, opts, settings: GenerationSettings, profile_shards: list[str]):
+def build(pipeline, opts, settings: GenerationSettings, profile_shards: list[str], run_id: str):
     """Wire the job into `pipeline`; returns nothing (the sinks are the outputs)."""
     queries, query_dead = read_records(pipeline, opts.queries, Query, "query")
     grouped = {"queries": queries | "KeyQueries" >> beam.Map(lambda q: (q["user_id"], q))}
@@ -413,16 +404,16 @@ def build(pipeline, opts, settings: GenerationSettings, profile_shards: list[str
     if opts.output_format in ("parquet", "both"):
         schema = arrow_schema(Prediction, metadata={"fingerprint": settings.fingerprint, "mode": settings.mode,
                                                    "checkpoint": settings.checkpoint})
-        predictions | "WriteParquet" >> beam.io.WriteToParquet(f"{output}/predictions", schema,
+        predictions | "WriteParquet" >> beam.io.WriteToParquet(f"{output}/predictions-{run_id}", schema,
                                                                file_name_suffix=".parquet")
     if opts.output_format in ("jsonl", "both"):
         (predictions
          | "ToJson" >> beam.Map(json.dumps)
-         | "WriteJsonl" >> beam.io.WriteToText(f"{output}/predictions", file_name_suffix=".jsonl"))
+         | "WriteJsonl" >> beam.io.WriteToText(f"{output}/predictions-{run_id}", file_name_suffix=".jsonl"))
     (dead
      | "AllDeadLetters" >> beam.Flatten()
      | "DeadToJson" >> beam.Map(lambda d: d.model_dump_json())
-     | "WriteDeadLetters" >> beam.io.WriteToText(f"{dead_letter_folder(opts)}/dead_letters",
+     | "WriteDeadLetters" >> beam.io.WriteToText(f"{dead_letter_folder(opts)}/dead_letters-{run_id}",
                                                  file_name_suffix=".jsonl"))
 
 
@@ -500,15 +491,10 @@ def main(argv: list[str]) -> int:
     elif opts.profiles:
         log.info("--profiles is not used in --mode=%s", settings.mode)
 
-    output = opts.output.rstrip("/")
-    for prefix in (f"{output}/predictions", f"{dead_letter_folder(opts)}/dead_letters"):
-        _remove_stale(prefix)
-    started = time.time()
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, opts, settings, shards)
-    result = pipeline.run()
-    result.wait_until_finish()
-    seconds = time.time() - started
+    output, run_id = opts.output.rstrip("/"), new_run_id()
+    result, seconds = run_pipeline(options, build, opts, settings, shards, run_id)
+    remove_stale_shards(output, run_id, "predictions-*")
+    remove_stale_shards(dead_letter_folder(opts), run_id, "dead_letters-*")
 
     counts = counter_values(result, NAMESPACE)
     read, rejected = counts.get("query_read", 0), counts.get("query_dead_lettered", 0)

@@ -258,3 +258,22 @@ def test_a_table_that_is_not_profiles_is_refused(tmp_path, tiny_checkpoint, comm
                                          f"--cache_dir={commer_cache}"])
     assert exit_info.value.code == 2
     assert "not a profiles table" in capsys.readouterr().err
+
+
+def test_rerun_into_the_same_output_replaces_the_earlier_shards(tiny, tiny_checkpoint, commer_cache, tmp_path):
+    """A rerun leaves only its own shards (old ones are removed once it has succeeded)."""
+    from pipelines import generate
+    profiles = write_profiles(tiny, tmp_path / "commer_output")
+    queries = write_queries(tmp_path / "queries.jsonl", BAD_LINES)
+    out = tmp_path / "predictions"
+    stale = out / "predictions-19990101T000000-deadbeef-00000-of-00001.parquet"
+    stale.parent.mkdir()
+    stale.write_bytes(b"left by an earlier run")
+    flags = RUNNER + [f"--profiles={profiles}", f"--queries={queries}", f"--output={out}", "--max_new_tokens=2",
+                      f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}"]
+    for _ in range(2):
+        assert generate.main(flags) == 0
+    shards = sorted(out.glob("predictions-*"))
+    dead = sorted((out / "dead_letters").glob("dead_letters-*"))
+    assert len(shards) == 1 and len(dead) == 1 and not stale.exists()
+    assert pq.read_table(shards[0]).num_rows == len(QUERIES)
