@@ -109,9 +109,7 @@ class ComMer(nn.Module):
 
     def tokenize_documents(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids per document, cut to max_document_tokens, and which ones were cut."""
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        limit = self.config.max_document_tokens
-        return [x[:limit] for x in ids], [len(x) > limit for x in ids]
+        return tokenize_documents(self.tokenizer, texts, self.config.max_document_tokens)
 
     def compress_token_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         """(B, K, d) float32 compressions of tokenized documents; differentiable.
@@ -274,6 +272,13 @@ class ComMer(nn.Module):
             return [""] * batch
         tokens = torch.stack(produced, dim=1).tolist()
         return [self.tokenizer.decode(_until(row, eos), skip_special_tokens=True).strip() for row in tokens]
+
+
+def tokenize_documents(tokenizer, texts: Sequence[str], limit: int) -> tuple[list[list[int]], list[bool]]:
+    """The compressor's tokenization rule (no special tokens, cut at `limit`), usable with the
+    tokenizer alone, so tokenizing workers need not load the model."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [x[:limit] for x in ids], [len(x) > limit for x in ids]
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,

@@ -37,6 +37,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import BaseModel, Field
 
+from commer.model import tokenize_documents
 from pipelines.batching import batch_key
 from pipelines.common import (CliError, ModelOptions, counter_values, new_run_id, remove_stale_shards,
                               resolve_checkpoint, run_cli, run_pipeline, shared_model, with_local_runner)
@@ -395,9 +396,9 @@ def load_tokenizer(checkpoint: str, backbone: str | None, cache: str | None):
 
 
 def tokenize(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
-    """Same rule as ComMer.tokenize_documents (tested equal): no special tokens, cut at the limit."""
-    ids = tokenizer([text], add_special_tokens=False)["input_ids"][0]
-    return ids[:limit], len(ids) > limit
+    """One document by the compressor's own rule (commer.model.tokenize_documents)."""
+    ids, cut = tokenize_documents(tokenizer, [text], limit)
+    return ids[0], cut[0]
 
 
 class Tokenize(beam.DoFn):
