@@ -16,17 +16,12 @@ import torch
 
 from benchmarks.common import DEFAULT_NEWS, best_of, news_by_author, news_document, news_instruction, print_table
 from commer import ComMer
+from pipelines.in_prompt import in_prompt_instruction  # the generate job's own baseline prompt
 
 
 def load_model(checkpoint: str | None, backbone: str | None) -> ComMer:
     from commer.defaults import default_checkpoint
     return ComMer.from_pretrained(checkpoint or default_checkpoint(), backbone=backbone)
-
-
-def in_prompt_instruction(documents: list[str], instruction: str) -> str:
-    """The in-prompt baseline's instruction: the documents as text, then the task."""
-    listed = "\n".join(f"Document {i + 1}: {d}" for i, d in enumerate(documents))
-    return f"{listed}\n{instruction}"
 
 
 def main(argv=None) -> str:

@@ -40,15 +40,11 @@ def prompt_tokens(model, method: str, documents: list[str], instruction: str) ->
 
 
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    from rouge_score import rouge_scorer
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    r1 = rl = 0.0
-    for p, r in zip(predictions, references):
-        s = scorer.score(r, p)
-        r1 += s["rouge1"].fmeasure
-        rl += s["rougeL"].fmeasure
-    n = max(len(predictions), 1)
-    return {"rouge1": r1 / n, "rougeL": rl / n}
+    """Mean ROUGE-1/L F-measure, scored by the evaluate job's own function (with the Porter stemmer)."""
+    from pipelines.metrics import rouge
+    scores = [rouge(p, r, use_stemmer=True) for p, r in zip(predictions, references)]
+    n = max(len(scores), 1)
+    return {"rouge1": sum(s["rouge1"] for s in scores) / n, "rougeL": sum(s["rougeL"] for s in scores) / n}
 
 
 @torch.no_grad()
