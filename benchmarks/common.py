@@ -58,12 +58,14 @@ def news_by_author(path: str = DEFAULT_NEWS) -> dict[str, list[dict]]:
 
 
 def news_document(row: dict) -> str:
-    """A LaMP-4-style profile document: the article's text and its title."""
-    return f"Text: {row['short_description']} Title: {row['headline']}"
+    """A LaMP-4-style profile document, formatted as the news task formats it for training."""
+    from training.tasks.news import format_document
+    return format_document(row["headline"], row["short_description"])
 
 
 def news_instruction(row: dict) -> str:
-    return f"Generate a headline for the following article: {row['short_description']}"
+    from training.tasks.news import INSTRUCTION
+    return INSTRUCTION.format(row["short_description"].strip())
 
 
 def print_table(headers: list[str], rows: list[list]) -> str:
