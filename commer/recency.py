@@ -33,8 +33,10 @@ Why the state looks the way it does
 * **Cancellation guard.** Subtracting a heavy (recent) document from a state whose remaining
   documents are all much lighter cancels digits: the error of the mean grows like
   eps * gross_weight / weight, where gross_weight is the total weight ever added or removed
-  since the state was last recomputed from scratch. `precision_loss` reports that ratio;
-  `reliable()` says when to rebuild the user from their stored per-document compressions.
+  since the state was last recomputed from scratch. `precision_loss` reports that ratio,
+  `reliable()` says when to rebuild the user from their stored per-document compressions, and
+  `mean()` of a decaying state raises PrecisionLossError rather than return a wrong profile.
+  gross_weight is part of the stored state so the guard survives across refreshes.
 * **half_life_days=None is the plain mean**: every weight is exactly 1.0, created_at is ignored,
   and the numbers are bit-for-bit those of commer.merge.SumCount for the same sequence of
   operations.
@@ -68,6 +70,10 @@ class HalfLifeMismatchError(ValueError):
             f"Weights of different half-lives cannot be combined incrementally. Either run with "
             f"half_life_days={_fmt(stored)}, or recompute the profiles from scratch (from the stored "
             f"per-document compressions and created_at) with half_life_days={_fmt(requested)}.")
+
+
+class PrecisionLossError(ValueError):
+    """Deletions cancelled so much weight that the incremental mean can no longer be trusted."""
 
 
 def _fmt(half_life: Optional[float]) -> str:
@@ -235,7 +241,8 @@ class RecencyState:
         if self.total is None or removed.count > self.count:
             raise ValueError(f"user {user_id!r}: removing {removed.count} documents from a state of {self.count}")
         _check_shape(self.total, removed.total)
-        self._raise_anchor(removed.anchor)
+        if removed.anchor > self.anchor:
+            raise ValueError(f"user {user_id!r}: removed documents are newer than every document in the state")
         shift = removed.anchor - self.anchor
         self.total -= removed.total if shift == 0 else np.ldexp(removed.total, shift)
         self.weight -= math.ldexp(removed.weight, shift)
@@ -266,18 +273,23 @@ class RecencyState:
         self.total, self.weight, self.gross_weight = None, 0.0, 0.0
 
     # ---- results -------------------------------------------------------------------------
-    def mean(self) -> Optional[np.ndarray]:
+    def mean(self, max_loss: float = DEFAULT_MAX_PRECISION_LOSS) -> Optional[np.ndarray]:
         """The recency-weighted soft prompt (float32), or None for a user with no documents.
 
         Independent of the anchor and of the reference time (both only scale sum and weight).
+        A decaying state refuses (PrecisionLossError) rather than return a mean that deletions
+        have cancelled beyond `max_loss`: a silently wrong profile is worse than a rebuild.
+        The plain mean (half_life_days=None) behaves exactly like SumCount.mean.
         """
         if self.total is None or self.count == 0:
             return None
         if not self.decays:
             return (self.total / self.count).astype(np.float32)   # exactly SumCount.mean
-        if not self.weight > 0:
-            raise ValueError("recency state has no positive weight left (cancellation); rebuild it "
-                             "from the stored per-document compressions")
+        if not self.reliable(max_loss):
+            raise PrecisionLossError(
+                f"recency state lost precision to deletions (gross/remaining weight {self.precision_loss:.3g} "
+                f"> {max_loss:.3g}); rebuild the user from the stored per-document compressions "
+                f"(RecencyState.rebuilt() + add each remaining document)")
         return (self.total / self.weight).astype(np.float32)
 
     def _to_reference(self) -> float:

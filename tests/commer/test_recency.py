@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from commer.merge import SumCount, merge_all
-from commer.recency import (HalfLifeMismatchError, RecencyState, effective_created_at,
+from commer.recency import (HalfLifeMismatchError, PrecisionLossError, RecencyState, effective_created_at,
                             recency_merge_all)
 
 K, D = 4, 8
@@ -150,6 +150,10 @@ def test_subtract_undoes_merge(docs):
     recomputed = recency_merge_all(docs[:2] + docs[5:], 30, T0)
     np.testing.assert_allclose(whole.mean(), recomputed.mean(), rtol=1e-6, atol=1e-7)
     assert whole.count == recomputed.count
+    with pytest.raises(ValueError, match="newer"):
+        whole.subtract(recency_merge_all([(np.ones((K, D)), T0 + timedelta(days=400))], 30))
+    with pytest.raises(ValueError, match="removing 9 documents"):
+        recency_merge_all(docs[:2], 30).subtract(recency_merge_all(docs, 30))
 
 
 def test_half_life_mismatch_is_refused(docs):
@@ -215,6 +219,8 @@ def test_cancellation_is_reported_not_hidden():
     assert state.reliable()
     state.remove(*recent)
     assert not state.reliable()
+    with pytest.raises(PrecisionLossError, match="rebuild"):
+        state.mean()
     rebuilt = recency_merge_all(ancient, half_life_days=1, reference_time=T0)
     assert rebuilt.reliable() and rebuilt.precision_loss == 1.0
 

@@ -121,3 +121,18 @@ def test_order_by_doc_id_makes_results_read_order_free(compressions):
         order_by_doc_id(["a", "a"], compressions[:2])
     with pytest.raises(ValueError, match="doc_ids"):
         order_by_doc_id(["a", "b"], compressions[:3])
+
+
+def test_new_modules_respect_the_layers():
+    """commer never imports Beam, training or pipelines (DESIGN.md, invariant 10)."""
+    import ast
+    from pathlib import Path
+
+    import commer
+
+    for name in ("recency.py", "retrieval.py"):
+        tree = ast.parse((Path(commer.__file__).parent / name).read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        roots = {m.split(".")[0] for m in imported}
+        assert not roots & {"apache_beam", "training", "pipelines", "benchmarks"}, (name, roots)
