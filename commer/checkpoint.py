@@ -4,27 +4,34 @@ A checkpoint folder holds:
     commer_config.json                  ComMerConfig (pydantic), fingerprint included
     compression_embeddings.safetensors  the K trainable input embeddings
     adapter/                            the LoRA adapter, as peft saves it
-No pickle anywhere: safetensors and JSON only.
+No pickle anywhere: safetensors and JSON only. This module reads and writes those files and
+computes hashes; `ComMer.from_pretrained` builds the model from what it reads here.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from commer import storage
-from commer.backbone import cache_dir, load_backbone
-from commer.config import ComMerConfig
+from commer.backbone import (
+    BackboneIdentity, backbone_identity, cache_dir, legacy_identity_hash, resolve_backbone,
+)
+from commer.config import CONFIG_FORMAT_VERSION, ComMerConfig
 
 CONFIG_FILE = "commer_config.json"
 EMBEDDINGS_FILE = "compression_embeddings.safetensors"
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Checkpoints written before this config format recorded the backbone's v1 identity (a hash of
+# config.json and weight files as stored, transformers_version included).
+_LEGACY_IDENTITY_FORMAT = 1
 
 # Config fields that change what a document compresses to (or how a soft prompt is read).
 _FINGERPRINTED_FIELDS = ("num_compression_tokens", "max_document_tokens", "prompt_template", "lora")
@@ -32,6 +39,14 @@ _FINGERPRINTED_FIELDS = ("num_compression_tokens", "max_document_tokens", "promp
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used as asked; the message says why and what to do."""
+
+
+@dataclass
+class CheckpointWeights:
+    """The trained weights of a checkpoint folder, as stored."""
+
+    compression_embeddings: torch.Tensor
+    adapter: dict[str, torch.Tensor]
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -42,7 +57,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def compute_fingerprint(model) -> str:
-    """sha256 of the backbone's content hash, the compression-relevant config, and the weights.
+    """sha256 of the backbone's identity, the compression-relevant config, and the weights.
 
     Two models that can compress a document differently never share a fingerprint, so
     profiles from different embedding spaces are never merged.
@@ -57,6 +72,8 @@ def compute_fingerprint(model) -> str:
         digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()[:32]
 
+
+# ---- writing ---------------------------------------------------------------------------
 
 def save_checkpoint(model, path: str) -> None:
     """Write a checkpoint folder at `path` (local or remote)."""
@@ -77,43 +94,66 @@ def _save_local(model, folder: Path) -> None:
     model.lm.save_pretrained(str(folder / ADAPTER_DIR))
 
 
+# ---- reading ---------------------------------------------------------------------------
+
 def read_config(path: str) -> ComMerConfig:
     """The config of a checkpoint (local or remote), without loading any weights."""
     fs, root = storage.filesystem(path)
     config_path = f"{root.rstrip('/')}/{CONFIG_FILE}"
-    if not fs.exists(config_path):
+    try:
+        exists = fs.exists(config_path)
+    except Exception as exc:  # a remote filesystem without credentials or network
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})") from None
+    if not exists:
         raise CheckpointError(f"{path} is not a ComMer checkpoint: {CONFIG_FILE} is missing")
     with fs.open(config_path, "r") as f:
         return ComMerConfig.model_validate_json(f.read())
 
 
-def load_checkpoint(path: str, backbone: str | None = None, dtype: str = "float32", cache: str | None = None):
-    """Rebuild a ComMer from a checkpoint folder; `backbone` overrides the recorded reference."""
-    from commer.model import ComMer
-
-    config = read_config(path)
+def read_weights(path: str, cache: str | None = None) -> CheckpointWeights:
+    """The compression embeddings and LoRA adapter weights of a checkpoint folder."""
     local = storage.local_copy(path, cache_dir(cache) / "checkpoints")
-    lm, tokenizer, identity = load_backbone(backbone or config.backbone, dtype=dtype, cache=cache)
-    if config.backbone_hash and identity.content_hash != config.backbone_hash:
+    embeddings = load_file(str(local / EMBEDDINGS_FILE))["compression_embeddings"]
+    adapter = load_file(str(local / ADAPTER_DIR / ADAPTER_WEIGHTS))
+    return CheckpointWeights(embeddings, adapter)
+
+
+def backbone_for(path: str, config: ComMerConfig, backbone: str | None = None,
+                 cache: str | None = None) -> tuple[Path, BackboneIdentity]:
+    """The backbone folder a checkpoint runs on, checked against the identity it recorded.
+
+    Cheap (no model weights loaded into a model), so jobs call it before building a pipeline.
+    Checkpoints written before identity v2 are accepted when the backbone's v1 hash matches
+    what they recorded; their identity then stays the v1 hash, so their fingerprint -- and
+    every profile made with it -- is unchanged.
+    """
+    folder = resolve_backbone(backbone or config.backbone, cache)
+    identity = backbone_identity(folder)
+    if not config.backbone_hash:
+        return folder, identity
+    if config.format_version <= _LEGACY_IDENTITY_FORMAT:
+        legacy = legacy_identity_hash(folder)
+        if legacy == config.backbone_hash:
+            return folder, BackboneIdentity(identity.name, legacy)
+        given = BackboneIdentity(identity.name, legacy)
+    else:
+        given = identity
+    if given.content_hash != config.backbone_hash:
+        flag = "the --backbone given" if backbone else f"its recorded backbone {config.backbone!r}"
         raise CheckpointError(
             f"checkpoint {path} was trained on backbone {config.backbone_name} "
-            f"(sha256 {config.backbone_hash[:12]}), but the backbone given is {identity.describe()}; "
-            "pass the backbone the checkpoint was trained on"
+            f"(sha256 {config.backbone_hash[:12]}), but {flag} is {given.describe()}; pass the backbone "
+            "the checkpoint was trained on, or make a checkpoint for this backbone with "
+            "`python -m commer.init --backbone PATH --output CKPT` (untrained) and train it"
         )
-    model = ComMer(lm, tokenizer, identity, config)
+    return folder, identity
 
-    embeddings = load_file(str(local / EMBEDDINGS_FILE))["compression_embeddings"]
-    if embeddings.shape != model.compression_embeddings.shape:
-        raise CheckpointError(f"{path}: compression embeddings have shape {tuple(embeddings.shape)}, "
-                              f"config says {tuple(model.compression_embeddings.shape)}")
-    model.compression_embeddings.data.copy_(embeddings)
-    adapter = load_file(str(local / ADAPTER_DIR / ADAPTER_WEIGHTS))
-    result = set_peft_model_state_dict(model.lm, adapter)
-    if getattr(result, "unexpected_keys", None):
-        raise CheckpointError(f"{path}: adapter has weights the config does not describe: {result.unexpected_keys[:3]}")
 
-    if config.fingerprint and compute_fingerprint(model) != config.fingerprint:
-        raise CheckpointError(f"{path}: weights do not match the recorded fingerprint {config.fingerprint}; "
+def check_fingerprint(model, path: str, recorded: str) -> None:
+    if recorded and compute_fingerprint(model) != recorded:
+        raise CheckpointError(f"{path}: weights do not match the recorded fingerprint {recorded}; "
                               "the checkpoint is corrupt or was edited by hand")
-    model.eval()
-    return model
+
+
+def is_current_format(config: ComMerConfig) -> bool:
+    return config.format_version >= CONFIG_FORMAT_VERSION

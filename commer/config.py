@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CONFIG_FORMAT_VERSION = 1
+# 2: backbone_hash is the backbone identity v2 (tensors, math config, tokenizer; no version labels).
+CONFIG_FORMAT_VERSION = 2
 
 
 class LoraSettings(BaseModel):
@@ -28,7 +29,7 @@ class ComMerConfig(BaseModel):
     format_version: int = Field(CONFIG_FORMAT_VERSION, description="Version of this file's layout.")
     backbone: str = Field("default", description="Backbone reference: 'default' (embedded SmolLM2), a local HF folder or a gs:// URL.")
     backbone_name: str = Field("", description="Human-readable backbone name, recorded at creation.")
-    backbone_hash: str = Field("", description="sha256 of the backbone's config and weights; loading onto another backbone is refused.")
+    backbone_hash: str = Field("", description="Backbone identity: sha256 of its tensors, math config and tokenizer (commer.backbone.hash_backbone); loading onto another backbone is refused.")
     hidden_size: int = Field(0, ge=0, description="Backbone hidden size d (the soft prompt is K×d).")
     num_compression_tokens: int = Field(8, gt=0, description="K: compression embeddings appended after each document.")
     max_document_tokens: int = Field(256, gt=0, description="Documents longer than this are truncated (and counted), never an error.")

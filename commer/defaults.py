@@ -12,6 +12,7 @@ from pathlib import Path
 from commer.backbone import cache_dir, publish_atomically
 from commer.checkpoint import CONFIG_FILE
 from commer.config import ComMerConfig
+from commer.model import ComMer
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
 UNTRAINED_SEED = 0
@@ -26,8 +27,6 @@ def default_checkpoint(cache: str | None = None) -> str:
 
 def untrained_checkpoint(cache: str | None = None, seed: int = UNTRAINED_SEED) -> Path:
     """A freshly initialised checkpoint on the default backbone, created once per cache."""
-    from commer.model import ComMer
-
     target = cache_dir(cache) / "checkpoints" / f"untrained-default-seed{seed}"
     if not (target / CONFIG_FILE).exists():
         model = ComMer.from_backbone("default", ComMerConfig(seed=seed), cache=cache)

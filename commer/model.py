@@ -11,17 +11,24 @@ and the LoRA weights train (kept in float32 even on a bfloat16 backbone).
 """
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from torch import nn
 
 from commer.backbone import BackboneIdentity, load_backbone
+from commer.checkpoint import (
+    CheckpointError, backbone_for, check_fingerprint, compute_fingerprint, read_config, read_weights,
+    save_checkpoint,
+)
 from commer.config import ComMerConfig
 from commer.merge import mean_pool
+from commer.special_tokens import end_of_answer_id, leading_bos_id
 
 SoftPrompt = torch.Tensor | np.ndarray | None
 
@@ -39,15 +46,26 @@ class ComMer(nn.Module):
         # Initialisation is seeded without touching the caller's global RNG state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            self.lm = get_peft_model(backbone, LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules), bias="none",
-            ))
-            # Start the compression embeddings at real token embeddings, so their scale
-            # matches what the backbone expects as input.
-            vocab = backbone.get_input_embeddings().weight
-            rows = torch.randint(0, vocab.shape[0], (self.config.num_compression_tokens,))
-            self.compression_embeddings = nn.Parameter(vocab[rows].detach().float().clone())
+            with warnings.catch_warnings():
+                # peft calls a transformers method deprecated in 5.x; not ours to fix, not the user's.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                self.lm = get_peft_model(backbone, LoraConfig(
+                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules), bias="none",
+                ))
+            # Start the compression embeddings at real input embeddings as the backbone computes
+            # them: through the embedding module, so a built-in multiplier (Gemma 3 scales by
+            # sqrt(d)) is included and the new slots start at the scale real tokens have.
+            embedding = backbone.get_input_embeddings()
+            rows = torch.randint(0, embedding.weight.shape[0], (self.config.num_compression_tokens,))
+            with torch.no_grad():
+                start = embedding(rows.to(embedding.weight.device))
+            self.compression_embeddings = nn.Parameter(start.detach().float().clone())
+        # Special tokens, taken explicitly (see commer.special_tokens).
+        self.bos_id = leading_bos_id(tokenizer)
+        self.end_of_answer_id = end_of_answer_id(tokenizer, self.uses_chat_template)
+        self.stop_ids = sorted({self.end_of_answer_id} | (
+            {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
         self.eval()
 
     # ---- construction -------------------------------------------------------------------
@@ -63,15 +81,30 @@ class ComMer(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, backbone: str | None = None, dtype: str = "float32",
                         cache: str | None = None) -> "ComMer":
-        from commer.checkpoint import load_checkpoint
-        return load_checkpoint(path, backbone=backbone, dtype=dtype, cache=cache)
+        """Rebuild a ComMer from a checkpoint folder; `backbone` overrides the recorded reference
+        (it must be the same model: its identity is checked before any weight is loaded)."""
+        config = read_config(path)
+        folder, identity = backbone_for(path, config, backbone, cache)
+        lm, tokenizer, _ = load_backbone(str(folder), dtype=dtype, cache=cache)
+        model = cls(lm, tokenizer, identity, config)
+        weights = read_weights(path, cache)
+        if weights.compression_embeddings.shape != model.compression_embeddings.shape:
+            raise CheckpointError(
+                f"{path}: compression embeddings have shape {tuple(weights.compression_embeddings.shape)}, "
+                f"config says {tuple(model.compression_embeddings.shape)}")
+        model.compression_embeddings.data.copy_(weights.compression_embeddings)
+        result = set_peft_model_state_dict(model.lm, weights.adapter)
+        if getattr(result, "unexpected_keys", None):
+            raise CheckpointError(f"{path}: adapter has weights the config does not describe: "
+                                  f"{result.unexpected_keys[:3]}")
+        check_fingerprint(model, path, config.fingerprint)
+        model.eval()
+        return model
 
     def save_pretrained(self, path: str) -> None:
-        from commer.checkpoint import save_checkpoint
         save_checkpoint(self, path)
 
     def fingerprint(self) -> str:
-        from commer.checkpoint import compute_fingerprint
         return compute_fingerprint(self)
 
     # ---- the pieces of the backbone we use ----------------------------------------------
@@ -108,7 +141,8 @@ class ComMer(nn.Module):
     # ---- compression --------------------------------------------------------------------
 
     def tokenize_documents(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
-        """Token ids per document, cut to max_document_tokens, and which ones were cut."""
+        """Token ids per document, cut to max_document_tokens (BOS first if the backbone
+        expects one), and which ones were cut."""
         return tokenize_documents(self.tokenizer, texts, self.config.max_document_tokens)
 
     def compress_token_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -154,7 +188,12 @@ class ComMer(nn.Module):
     def uses_chat_template(self) -> bool:
         return self.config.prompt_template == "chat" and bool(getattr(self.tokenizer, "chat_template", None))
 
-    def prompt_ids(self, instruction: str) -> list[int]:
+    def prompt_ids(self, instruction: str, max_prompt_tokens: int | None = None) -> list[int]:
+        """The instruction's token ids as the generator reads them after the soft prompt.
+
+        A leading BOS is not part of them: `_generator_batch` puts it before the soft prompt,
+        where the model expects the start of its sequence.
+        """
         if self.uses_chat_template:
             text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True)
@@ -162,21 +201,23 @@ class ComMer(nn.Module):
             template = self.config.prompt_template
             text = (template if "{instruction}" in template else "{instruction}\n").format(instruction=instruction)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.bos_id is not None and ids[:1] == [self.bos_id]:
+            ids = ids[1:]  # the template wrote it; it goes first, before the soft prompt
         # Keep the end: the template's cue to answer must survive truncation.
-        return ids[-self.config.max_prompt_tokens:]
+        return ids[-(max_prompt_tokens or self.config.max_prompt_tokens):]
 
     def answer_ids(self, answer: str) -> list[int]:
         # A chat turn starts on a fresh line; a plain "Answer:" cue is followed by a space.
         text = answer.strip() if self.uses_chat_template else " " + answer.strip()
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids[: self.config.max_answer_tokens] + [self.tokenizer.eos_token_id]
+        return ids[: self.config.max_answer_tokens] + [self.end_of_answer_id]
 
     def _generator_batch(self, soft_prompts: Sequence[SoftPrompt], token_rows: Sequence[list[int]]):
-        """Left-padded rows [pad, soft prompt, tokens] → (embeds, attention mask, positions).
+        """Left-padded rows [pad, BOS?, soft prompt, tokens] → (embeds, attention mask, positions).
 
         Positions restart at 0 after the padding, so a row's result does not depend on how
         much padding its batch needed. A missing soft prompt (a user with no documents)
-        simply contributes no positions.
+        simply contributes no positions. BOS, for backbones that expect one, opens the row.
         """
         rows = []
         for soft, tokens in zip(soft_prompts, token_rows):
@@ -184,6 +225,9 @@ class ComMer(nn.Module):
             if soft is not None:
                 soft = torch.as_tensor(soft, device=self.device).to(token_embeds.dtype)
                 token_embeds = torch.cat([soft, token_embeds], dim=0)
+            if self.bos_id is not None:
+                bos = self.embed(torch.tensor([self.bos_id], device=self.device))
+                token_embeds = torch.cat([bos, token_embeds], dim=0)
             rows.append(token_embeds)
         width = max(r.shape[0] for r in rows)
         embeds = torch.stack([F.pad(r, (0, 0, width - r.shape[0], 0)) for r in rows])
@@ -245,10 +289,16 @@ class ComMer(nn.Module):
     @torch.inference_mode()
     def generate(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
                  max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[str]:
-        """Answers from the frozen backbone (adapter off), greedy unless do_sample."""
-        eos = self.tokenizer.eos_token_id
-        embeds, mask, positions = self._generator_batch(soft_prompts, [self.prompt_ids(x) for x in instructions])
+                 top_p: float = 1.0, seed: int | None = None, max_prompt_tokens: int | None = None) -> list[str]:
+        """Answers from the frozen backbone (adapter off), greedy unless do_sample.
+
+        An answer ends at the end-of-answer token (or eos). `max_prompt_tokens` overrides the
+        checkpoint's instruction limit (prompts keep their last tokens).
+        """
+        eos = self.end_of_answer_id
+        stops = torch.tensor(self.stop_ids, device=self.device)
+        embeds, mask, positions = self._generator_batch(
+            soft_prompts, [self.prompt_ids(x, max_prompt_tokens) for x in instructions])
         rng = torch.Generator(device=self.device)
         rng.manual_seed(0 if seed is None else seed)
         batch = embeds.shape[0]
@@ -256,29 +306,44 @@ class ComMer(nn.Module):
         produced: list[torch.Tensor] = []
         with self.lm.disable_adapter():
             out = self.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+            cache = _cache_of(out)
             for _ in range(max_new_tokens):
                 logits = self.lm_head(out.last_hidden_state[:, -1]).float()
                 token = _pick(logits, do_sample, temperature, top_p, rng)
                 token = torch.where(done, torch.full_like(token, eos), token)
                 produced.append(token)
-                done |= token == eos
+                done |= torch.isin(token, stops)
                 if bool(done.all()):
                     break
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 positions = positions[:, -1:] + 1
                 out = self.body(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                                cache=out.cache, use_cache=True)
+                                use_cache=True, **{_cache_arg(self.body): cache})
         if not produced:
             return [""] * batch
         tokens = torch.stack(produced, dim=1).tolist()
-        return [self.tokenizer.decode(_until(row, eos), skip_special_tokens=True).strip() for row in tokens]
+        return [self.tokenizer.decode(_until(row, self.stop_ids), skip_special_tokens=True).strip()
+                for row in tokens]
 
 
 def tokenize_documents(tokenizer, texts: Sequence[str], limit: int) -> tuple[list[list[int]], list[bool]]:
-    """The compressor's tokenization rule (no special tokens, cut at `limit`), usable with the
-    tokenizer alone, so tokenizing workers need not load the model."""
+    """The compressor's tokenization rule, usable with the tokenizer alone, so tokenizing
+    workers need not load the model: the text's tokens cut at `limit`, preceded by BOS when
+    the backbone expects one (commer.special_tokens.leading_bos_id)."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [x[:limit] for x in ids], [len(x) > limit for x in ids]
+    bos = leading_bos_id(tokenizer)
+    start = [bos] if bos is not None else []
+    return [start + x[:limit] for x in ids], [len(x) > limit for x in ids]
+
+
+# transformers 5.24 names the decoder's KV cache `cache` (earlier 5.x: `past_key_values`); ask the
+# model instead of guessing, so a version change cannot surface as an AttributeError mid-job.
+def _cache_arg(body: nn.Module) -> str:
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return out.cache if hasattr(out, "cache") else out.past_key_values
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
@@ -293,5 +358,6 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
     return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
 
 
-def _until(tokens: list[int], eos: int) -> list[int]:
-    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+def _until(tokens: list[int], stops: Sequence[int]) -> list[int]:
+    ends = [i for i, t in enumerate(tokens) if t in stops]
+    return tokens[: ends[0]] if ends else tokens

@@ -1,0 +1,55 @@
+"""training.recipe: both stages sized to a wall-clock budget, resumable, with its record."""
+import json
+from pathlib import Path
+
+import pytest
+
+from training.config import ConfigError
+from training.recipe import RecipeConfig, main, parse_duration, run
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "training"
+
+
+def test_parse_duration():
+    assert parse_duration("90s") == 90 and parse_duration("8m") == 480 and parse_duration("2h") == 7200
+    assert parse_duration("1h30m") == 5400 and parse_duration("600") == 600
+    with pytest.raises(ConfigError, match="--time_budget"):
+        parse_duration("eight minutes")
+
+
+def test_recipe_runs_both_stages_within_the_plan_and_resumes(tiny_backbone, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMER_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = RecipeConfig(
+        time_budget="4s", output_dir=str(tmp_path / "run"), backbone=tiny_backbone,
+        pretrain_data=[str(FIXTURES / "wikitext_sample.txt")], news_data=[str(FIXTURES / "news.jsonl")],
+        num_compression_tokens=2, lora_r=4, lora_alpha=4, lora_target_modules=["q_proj", "v_proj"],
+        batch_size=4, micro_batch_size=4, val_examples=4, evaluations_per_stage=2, news_documents=2,
+        num_threads=1,
+    )
+    record = run(recipe)
+    out = Path(recipe.output_dir)
+    plan = json.loads((out / "recipe_plan.json").read_text())
+    assert plan["stage1_steps"] >= 1 and plan["stage2_steps"] >= 1
+    assert all(t > 0 for t in plan["seconds_per_step"])
+    # The news documents of training authors joined the auto-encoding corpus.
+    assert (out / "news_train_documents.jsonl").exists()
+    config = json.loads((out / "final" / "commer_config.json").read_text())
+    assert config["trained"] is True
+    assert [s["task"] for s in config["training"]["stages"]] == ["pretrain", "news"]
+    assert config["training"]["stages"][0]["steps"] == plan["stage1_steps"]
+    assert config["training"]["recipe"]["plan"]["hardware"]
+    stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {"stage1", "stage2"}
+    assert (out / "validation_perplexity.png").stat().st_size > 0
+    assert record["plan"] == plan
+
+    # Rerunning the same command keeps the plan and finds both stages done.
+    again = run(recipe)
+    assert again["plan"] == plan
+
+
+def test_recipe_cli_errors_name_the_flag(capsys):
+    assert main(["--time_budget", "soon", "--pretrain_data", "x", "--news_data", "y"]) == 2
+    assert "--time_budget" in capsys.readouterr().err
+    assert main(["--time_budget", "8m"]) == 2
+    assert "--pretrain_data" in capsys.readouterr().err

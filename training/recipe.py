@@ -1,0 +1,328 @@
+"""The default checkpoint's recipe in one command, sized to a wall-clock budget.
+
+    python -m training.recipe --time_budget 8m --output_dir runs/recipe \
+        --pretrain_data ../shared/data/wikitext2/test.txt ../shared/data/wikitext2/valid.txt \
+        --news_data ../shared/data/huffpost/news_category_v3_subset.jsonl \
+                    ../shared/data/huffpost/news_category_v2_extra.jsonl
+
+Stage 1 teaches the compressor to compress: single-document auto-encoding ("What does document
+1 contain?" → the document) on WikiText plus the training authors' news documents, so a
+compression has to carry its document's specifics -- its validation perplexity is the
+single-document reconstruction perplexity, the leading indicator. Stage 2 fine-tunes on the
+news-headline task (training authors, BM25 top-n of their other articles). Then the model is
+evaluated (training.evaluate_controls when its data is given).
+
+The budget is split between the stages by `stage_shares`; each stage's step count comes from
+seconds per optimizer step measured at the start (a few calibration steps on this hardware),
+so both cosine schedules decay fully inside the budget. The plan is written to
+`recipe_plan.json`; rerunning the same command resumes from where it stopped (each stage
+resumes from its last/ folder) and keeps the plan.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from training.config import ConfigError, TrainConfig
+from training.tasks import DataError, load_examples
+from training.tasks.base import split_of
+from training.tasks.news import FRACTIONS, format_document, read_articles
+from training.train import build_model, example_nll, param_groups, train
+
+log = logging.getLogger("training.recipe")
+
+PLAN_FILE = "recipe_plan.json"
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class RecipeConfig(BaseModel):
+    """What the recipe trains; every field is a flag (`--field value`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_budget: str = Field("8m", description="Wall-clock budget for both stages and the evaluation: "
+                                               "e.g. 90s, 8m, 2h.")
+    output_dir: str = Field("runs/recipe", description="Run folder: stage1/, stage2/, final/, plan, metrics.")
+    pretrain_data: list[str] = Field(default_factory=list, description="Auto-encoding corpora (WikiText files, "
+                                                                       "JSONL/Parquet with 'text').")
+    news_data: list[str] = Field(default_factory=list, description="HuffPost JSONL file(s) (both files: more "
+                                                                   "authors, same author split).")
+    news_in_pretraining: bool = Field(True, description="Add the training authors' news documents to the "
+                                                        "auto-encoding corpus (never test authors).")
+    backbone: str = Field("default", description="Backbone reference (default: the embedded SmolLM2).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Backbone precision; auto: "
+                                                                              "bfloat16 on cuda, float32 on cpu.")
+    num_compression_tokens: int = Field(8, ge=1, description="K.")
+    lora_r: int = Field(32, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR),
+                                           description="All attention and MLP projections by default.")
+    lr_lora: float = Field(1e-3, gt=0, description="Peak LoRA learning rate. The paper's 1e-4 was set for "
+                                                   "Gemma-2b and a million pretraining examples; a few thousand "
+                                                   "steps need more.")
+    lr_embeddings: float = Field(1e-2, gt=0, description="Peak compression-embedding learning rate.")
+    pretrain_documents: int = Field(1, ge=1, description="Documents merged per auto-encoding example.")
+    news_documents: int = Field(4, ge=1, description="Documents merged per news example (BM25 top-n).")
+    max_document_tokens: int = Field(64, ge=1, description="Documents are cut to this many tokens.")
+    batch_size: int = Field(16, ge=1, description="Examples per optimizer step.")
+    micro_batch_size: int = Field(16, ge=1, description="Examples per forward/backward.")
+    stage_shares: tuple[float, float] = Field((0.55, 0.3), description="Fractions of the budget for stage 1 "
+                                                                       "and stage 2 (the rest: loading, "
+                                                                       "validation, evaluation).")
+    max_examples_per_user: int = Field(40, ge=1, description="news: cap per author, so prolific authors do "
+                                                             "not dominate.")
+    val_examples: int = Field(48, ge=1, description="Validation examples per stage (perplexity).")
+    evaluations_per_stage: int = Field(6, ge=1, description="Validation (and best-checkpoint) points per stage.")
+    seed: int = Field(0, description="Seed for data order, initialisation and dropout.")
+    num_threads: int = Field(0, ge=0, description="CPU threads (0 = all cores).")
+
+    def budget_seconds(self) -> float:
+        return parse_duration(self.time_budget)
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def resolved_dtype(self) -> str:
+        if self.dtype == "auto":
+            return "bfloat16" if self.resolved_device() == "cuda" else "float32"
+        return self.dtype
+
+
+def parse_duration(text: str) -> float:
+    """'90s' / '8m' / '2h' / '1h30m' / '600' (seconds) → seconds."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+    if not parts or "".join(f"{a}{b}" for a, b in parts) != text.replace(" ", ""):
+        raise ConfigError(f"--time_budget {text!r}: expected a duration such as 90s, 8m, 2h or 1h30m")
+    return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
+
+
+# ---- the two stages ----------------------------------------------------------------------
+
+def news_corpus(recipe: RecipeConfig, folder: Path) -> Path | None:
+    """The training authors' news documents as an auto-encoding corpus file in the run folder."""
+    if not (recipe.news_in_pretraining and recipe.news_data):
+        return None
+    path = folder / "news_train_documents.jsonl"
+    if not path.exists():
+        rows = []
+        for data in recipe.news_data:
+            for author, articles in sorted(read_articles(data).items()):
+                if split_of(author, FRACTIONS) == "train":
+                    rows += [{"text": format_document(a["headline"], a["short_description"])} for a in articles]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.rename(path)
+    return path
+
+
+def stage_configs(recipe: RecipeConfig, out: Path, steps: tuple[int, int]) -> tuple[TrainConfig, TrainConfig]:
+    common = dict(
+        device=recipe.resolved_device(), dtype=recipe.resolved_dtype(), batch_size=recipe.batch_size,
+        micro_batch_size=min(recipe.micro_batch_size, recipe.batch_size), seed=recipe.seed,
+        num_threads=recipe.num_threads, val_examples=recipe.val_examples, lr_lora=recipe.lr_lora,
+        lr_embeddings=recipe.lr_embeddings, patience=recipe.evaluations_per_stage + 1,
+        # Model fields: used by stage 1; stage 2 starts from stage 1's checkpoint (they are then
+        # ignored) but its calibration probe builds the same shape of model.
+        backbone=recipe.backbone, num_compression_tokens=recipe.num_compression_tokens,
+        max_document_tokens=recipe.max_document_tokens, lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
+        lora_dropout=0.0, lora_target_modules=recipe.lora_target_modules, model_seed=recipe.seed,
+    )
+    corpus = list(recipe.pretrain_data)
+    extra = news_corpus(recipe, out)
+    if extra is not None:
+        corpus.append(str(extra))
+    s1, s2 = steps
+    stage1 = TrainConfig(
+        task="pretrain", data=corpus, num_documents=recipe.pretrain_documents,
+        max_answer_tokens=recipe.max_document_tokens, max_steps=s1, eval_every=max(1, s1 // recipe.evaluations_per_stage), save_every=max(1, s1 // 20),
+        output_dir=str(out / "stage1"), **common)
+    stage2 = TrainConfig(
+        task="news", data=list(recipe.news_data), num_documents=recipe.news_documents,
+        max_examples_per_user=recipe.max_examples_per_user, init_checkpoint=str(out / "stage1" / "final"),
+        max_steps=s2, eval_every=max(1, s2 // recipe.evaluations_per_stage), save_every=max(1, s2 // 20),
+        output_dir=str(out / "stage2"), **common)
+    return stage1, stage2
+
+
+def seconds_per_step(config: TrainConfig, steps: int) -> float:
+    """Wall seconds of one optimizer step of this stage on this hardware (after one warm-up step)."""
+    probe = config.model_copy(update={"init_checkpoint": None})
+    model = build_model(probe).to(config.device)
+    groups = param_groups(model, probe)
+    optimizer = torch.optim.AdamW(groups, weight_decay=probe.weight_decay)
+    examples = load_examples(probe, "val", config.batch_size * (steps + 1))
+    model.train()
+    timings = []
+    for step in range(steps + 1):
+        batch = [examples[(step * config.batch_size + i) % len(examples)] for i in range(config.batch_size)]
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for k in range(0, len(batch), config.micro_batch_size):
+            nll, count = example_nll(model, batch[k: k + config.micro_batch_size])
+            (nll.sum() / max(float(count.sum()), 1.0)).backward()
+        optimizer.step()
+        if config.device == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - t0)
+    return sum(timings[1:]) / max(len(timings) - 1, 1)
+
+
+def make_plan(recipe: RecipeConfig, out: Path) -> dict:
+    """Steps per stage from the budget and the measured seconds per step (written once)."""
+    path = out / PLAN_FILE
+    if path.exists():
+        plan = json.loads(path.read_text())
+        log.info("resuming with the plan in %s: %s", path, {k: plan[k] for k in ("stage1_steps", "stage2_steps")})
+        return plan
+    budget = recipe.budget_seconds()
+    calibration = 10 if recipe.resolved_device() == "cuda" else 2
+    probe1, probe2 = stage_configs(recipe, out, (1, 1))
+    t1, t2 = seconds_per_step(probe1, calibration), seconds_per_step(probe2, calibration)
+    share1, share2 = recipe.stage_shares
+    plan = {
+        "budget_s": budget, "seconds_per_step": [t1, t2],
+        "stage1_steps": max(1, int(budget * share1 / t1)), "stage2_steps": max(1, int(budget * share2 / t2)),
+        "device": recipe.resolved_device(), "dtype": recipe.resolved_dtype(), "hardware": hardware(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path.write_text(json.dumps(plan, indent=2))
+    log.info("plan: stage 1 %d steps (%.2f s/step), stage 2 %d steps (%.2f s/step)",
+             plan["stage1_steps"], t1, plan["stage2_steps"], t2)
+    return plan
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def combined_metrics(out: Path) -> Path:
+    """metrics.jsonl of both stages, each record tagged with its stage."""
+    target = out / "metrics.jsonl"
+    with target.open("w") as f:
+        for stage in ("stage1", "stage2"):
+            source = out / stage / "metrics.jsonl"
+            if source.exists():
+                for line in source.read_text().splitlines():
+                    f.write(json.dumps({"stage": stage, **json.loads(line)}) + "\n")
+    return target
+
+
+def plot_validation(metrics: Path, target: Path) -> None:
+    """Validation perplexity against steps, one panel per stage (stage 1 = reconstruction)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    titles = {"stage1": "stage 1: single-document reconstruction", "stage2": "stage 2: news headlines"}
+    for ax, stage in zip(axes, ("stage1", "stage2")):
+        points = [(r["step"], r["val_ppl"]) for r in rows if r["stage"] == stage and "val_ppl" in r]
+        if points:
+            ax.plot(*zip(*points), marker="o")
+            ax.set_yscale("log")
+        ax.set_title(titles[stage])
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("validation perplexity (log)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+
+
+def run(recipe: RecipeConfig) -> dict:
+    started = time.time()
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(recipe.num_threads or max(1, os.cpu_count() or 1))
+    plan = make_plan(recipe, out)
+    stage1, stage2 = stage_configs(recipe, out, (plan["stage1_steps"], plan["stage2_steps"]))
+    summaries = []
+    for config in (stage1, stage2):
+        log.info("%s: %d steps of task %r", Path(config.output_dir).name, config.max_steps, config.task)
+        summaries.append(train(config))
+    final = out / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(out / "stage2" / "final", final)
+    record = {
+        "recipe": recipe.model_dump(), "plan": plan, "wall_time_s": round(time.time() - started, 1),
+        "stage_summaries": summaries, "command": "python -m training.recipe " + " ".join(sys.argv[1:]),
+    }
+    _record_recipe(final, record)
+    metrics = combined_metrics(out)
+    plot_validation(metrics, out / "validation_perplexity.png")
+    (out / "recipe_summary.json").write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+def _record_recipe(final: Path, record: dict) -> None:
+    """Add the recipe (data files, steps, wall time, hardware) to the checkpoint's training record.
+
+    The record is free-form and not fingerprinted, so the checkpoint's fingerprint is unchanged.
+    """
+    config_path = final / "commer_config.json"
+    config = json.loads(config_path.read_text())
+    config.setdefault("training", {})["recipe"] = json.loads(json.dumps(record, default=str))
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, field in RecipeConfig.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, (list, tuple)):
+            p.add_argument(f"--{name}", nargs="+", default=None, help=f"{field.description} (default: {default})")
+        else:
+            p.add_argument(f"--{name}", default=None, help=f"{field.description} (default: {default})")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        recipe = RecipeConfig.model_validate(given)
+        recipe.budget_seconds()
+        if not recipe.pretrain_data or not recipe.news_data:
+            raise ConfigError("--pretrain_data and --news_data are required (paths to the shared data files)")
+        summary = run(recipe)
+    except ValidationError as exc:
+        print("error: " + "; ".join(f"--{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+              file=sys.stderr)
+        return 2
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"final": str(Path(recipe.output_dir) / "final"), "wall_time_s": summary["wall_time_s"],
+                      "steps": [summary["plan"]["stage1_steps"], summary["plan"]["stage2_steps"]]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
