@@ -211,7 +211,7 @@ def test_sample_queries_are_all_valid():
 
     from pipelines.generate import parse_record
     from schemas import Query
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "sample_data" / "queries.jsonl"
+    path = Path(__file__).resolve().parents[2] / "pipelines" / "sample_data" / "queries.jsonl"
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     parsed = [parse_record(line, Query, str(path), "query") for line in lines]
     assert all(dead is None for _, dead in parsed)
