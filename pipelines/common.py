@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
+from commer import BackboneError, CheckpointError, ComMer
+from commer.defaults import default_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,6 @@ class ModelOptions(PipelineOptions):
 
 
 def resolve_checkpoint(options: ModelOptions) -> str:
-    from commer.defaults import default_checkpoint
     return options.checkpoint or default_checkpoint(options.cache_dir)
 
 
@@ -62,7 +63,6 @@ def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str,
         if key not in _MODELS:
             import torch
 
-            from commer import ComMer
             if device == "cuda" and not torch.cuda.is_available():
                 raise CliError("--device=cuda was given but this worker has no CUDA device; use --device=cpu")
             model = ComMer.from_pretrained(checkpoint, backbone=backbone, dtype=dtype, cache=cache)
@@ -80,7 +80,6 @@ def with_local_runner(argv: Sequence[str]) -> list[str]:
 
 def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a job's main; user errors print one clear line and exit 2, never a traceback."""
-    from commer import BackboneError, CheckpointError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -43,9 +43,11 @@ from pipelines.common import (CliError, ModelOptions, counter_values, new_run_id
                               resolve_checkpoint, run_cli, run_pipeline, shared_model, with_local_runner)
 from pipelines.flags import parse_flags, tolerant
 from pipelines.profile_state import PreviousProfile, ProfileState
-from pipelines.validation import (DEFAULT_MAX_RECORD_BYTES, ValidDocument, duplicate_letter, parse_deletion,
+from schemas.validation import (DEFAULT_MAX_RECORD_BYTES, ValidDocument, duplicate_letter, parse_deletion,
                                   parse_json_line, pick_one, validate_row)
 from schemas import DeadLetter, DocumentCompression, Profile, arrow_schema, read_metadata, tensor_column, to_table
+from commer.checkpoint import read_config
+from commer.backbone import resolve_backbone
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +193,6 @@ def _check_fingerprints(files: list[str], expected: str, flag: str, checkpoint: 
 
 
 def make_plan(options: CompressUsersOptions, model: ModelOptions) -> JobPlan:
-    from commer.checkpoint import read_config
 
     for flag in ("batch_size", "length_bucket_tokens", "batch_shards", "max_record_bytes", "profiles_per_table"):
         if getattr(options, flag) <= 0:
@@ -388,8 +389,6 @@ def load_tokenizer(checkpoint: str, backbone: str | None, cache: str | None):
     if key not in _TOKENIZERS:
         from transformers import AutoTokenizer
 
-        from commer.backbone import resolve_backbone
-        from commer.checkpoint import read_config
         config = read_config(checkpoint)
         _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(resolve_backbone(backbone or config.backbone, cache)))
     return _TOKENIZERS[key]

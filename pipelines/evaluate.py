@@ -29,12 +29,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import ValidationError
 
-from pipelines import metrics as m
+from commer import metrics as m
 from pipelines import plots
 from pipelines.common import (CliError, counter_values, new_run_id, remove_stale_shards, run_cli, run_pipeline,
                               with_local_runner)
 from pipelines.flags import parse_flags, print_help, tolerant
 from schemas import DeadLetter, Prediction
+from commer.storage import filesystem, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ class EvaluateOptions(PipelineOptions):
 
 def prediction_files(path: str) -> tuple[list[str], str]:
     """(files, 'parquet' | 'jsonl') for generate's folder, a file, or a glob."""
-    from commer.storage import filesystem, is_remote
     fs, root = filesystem(path)
     if fs.isdir(root):
         listed = sorted(fs.ls(root, detail=False))
@@ -117,7 +117,6 @@ def check_references(path: str) -> None:
     LaMP's outputs files are one JSON document each (a few MB): a corrupt one would otherwise
     fail deep inside the pipeline, and a partly read one would silently skew the metrics.
     """
-    from commer.storage import filesystem
     fs, root = filesystem(path)
     files = fs.glob(root)
     if not files:
@@ -228,7 +227,7 @@ def score_row(row: dict, use_stemmer: bool) -> dict:
 # ---- aggregation ------------------------------------------------------------------------
 
 class _AccumulatorFn(beam.CombineFn):
-    """A CombineFn over a Beam-free accumulator from pipelines.metrics (add / merge / summary);
+    """A CombineFn over a Beam-free accumulator from commer.metrics (add / merge / summary);
     subclasses only say which accumulator. Merging mutates only the first one (combiner lifting)."""
 
     def add_input(self, accumulator, value):
@@ -246,7 +245,7 @@ class _AccumulatorFn(beam.CombineFn):
 
 
 class AggregateFn(_AccumulatorFn):
-    """metrics.Aggregate as a CombineFn (the arithmetic lives in pipelines.metrics)."""
+    """metrics.Aggregate as a CombineFn (the arithmetic lives in commer.metrics)."""
 
     def __init__(self, with_histogram: bool = False):
         self.with_histogram = with_histogram
@@ -363,7 +362,6 @@ def main(argv: list[str]) -> int:
 
     import fsspec
 
-    from commer.storage import filesystem
     output = opts.output.rstrip("/")
     fs, root = filesystem(output)
     run_id, started = new_run_id(), time.perf_counter()

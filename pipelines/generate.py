@@ -34,8 +34,10 @@ from pydantic import BaseModel, Field, ValidationError
 from pipelines.common import (CliError, ModelOptions, counter_values, new_run_id, remove_stale_shards,
                               resolve_checkpoint, run_cli, run_pipeline, shared_model, with_local_runner)
 from pipelines.flags import parse_flags, print_help, tolerant
-from pipelines.in_prompt import UserDocuments, fit_documents
+from commer.prompting import UserDocuments, fit_documents
 from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, read_metadata, tensor_column
+from commer.checkpoint import read_config
+from commer.storage import filesystem, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +185,6 @@ def read_records(pipeline, path: str, record_type, kind: str):
 
 def profile_files(path: str) -> list[str]:
     """The Parquet shards of a profiles table given its job folder, its folder or one file."""
-    from commer.storage import filesystem, is_remote
     fs, root = filesystem(path)
     if not fs.exists(root):
         raise CliError(f"--profiles {path} does not exist; pass compress_users' --output folder")
@@ -207,7 +208,6 @@ def check_profile_fingerprints(files: list[str], expected: str) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from commer.storage import filesystem
     for file in files:
         fs, local = filesystem(file)
         with fs.open(local, "rb") as f:
@@ -435,7 +435,6 @@ def dead_letter_folder(opts) -> str:
 
 
 def settings_from(opts, model: ModelOptions) -> GenerationSettings:
-    from commer.checkpoint import read_config
     checkpoint = resolve_checkpoint(model)
     config = read_config(checkpoint)
     if not config.fingerprint:
@@ -461,7 +460,6 @@ def _help(argv: list[str]) -> bool:
 
 
 def _require_files(flag: str, pattern: str) -> None:
-    from commer.storage import filesystem
     fs, root = filesystem(pattern)
     if not fs.glob(root):
         raise CliError(f"{flag} {pattern}: no such file")

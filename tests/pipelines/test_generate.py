@@ -182,22 +182,6 @@ def test_in_prompt_uses_more_prompt_tokens_than_commer(generated, tiny_checkpoin
     assert baseline["q5"]["personalized"] is False
 
 
-def test_in_prompt_bm25_picks_matching_documents():
-    from pipelines.in_prompt import UserDocuments, fit_documents, in_prompt_instruction
-    docs = UserDocuments([{"doc_id": d, "text": t} for d, t in DOCUMENTS["user_a"].items()])
-    assert set(docs.top("bicycle lanes council", 2)) == {DOCUMENTS["user_a"]["a1"], DOCUMENTS["user_a"]["a3"]}
-    assert docs.top("sourdough bread", 1) == [DOCUMENTS["user_a"]["a2"]]
-    assert UserDocuments([]).top("anything", 3) == []
-    # A repeated doc_id counts once.
-    twice = UserDocuments([{"doc_id": "x", "text": "alpha"}, {"doc_id": "x", "text": "alpha"}])
-    assert twice.top("alpha", 5) == ["alpha"]
-    # Whole documents are dropped, lowest-ranked first, until the prompt fits.
-    ranked = ["one two three", "four five six", "seven eight nine"]
-    # "Document 1: one two three" is 5 words: two documents + "task" = 11.
-    text, used = fit_documents(ranked, "task", lambda t: len(t.split()), max_tokens=11)
-    assert used == 2 and text == in_prompt_instruction(ranked[:2], "task")
-
-
 def _user_line(line: str) -> bool:
     try:
         return isinstance(json.loads(line).get("user_id"), str)

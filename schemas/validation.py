@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from schemas import DeadLetter, Document
+from schemas.records import DeadLetter, Document
 
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 # Dead letters keep the raw record so nothing is lost, but never an unbounded copy of it.
