@@ -38,7 +38,7 @@ from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_finge
 from pipelines.options import add_dead_letter_flag, add_model_flags, dead_letter_folder, job_parser, parse, wants_help
 from pipelines.profile_state import Change, ProfileState, Update, apply_update
 from pipelines.reconcile import Deletion, Event, decide
-from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, new_run_id, remove_stale_shards,
+from pipelines.runtime import (CliError, checkpoint_config, counter_values, counters, new_run_id, remove_stale_shards,
                                run_cli, run_pipeline, write_json)
 from schemas import DocumentCompression, Profile, arrow_schema
 from schemas.validation import DEFAULT_MAX_RECORD_BYTES, duplicate_letter, parse_deletion, parse_json_line, validate_row
@@ -173,8 +173,7 @@ class Reconcile(beam.DoFn):
     """Beam wrapper over pipelines.reconcile.decide: routes one document's Decision to the outputs."""
 
     def __init__(self):
-        self.counters = {n: counter(n) for n in ("duplicates", "already_merged", "deletions_applied",
-                                                 "deletions_unmatched")}
+        self.counters = counters("duplicates", "already_merged", "deletions_applied", "deletions_unmatched")
 
     def process(self, element):
         (user_id, doc_id), events = element
@@ -197,8 +196,8 @@ class Reconcile(beam.DoFn):
 class Finalize(beam.DoFn):
     def __init__(self, fingerprint: str, now: datetime):
         self.fingerprint, self.now = fingerprint, now
-        self.counters = {n: counter(n) for n in ("profiles_written", "profiles_new", "profiles_updated",
-                                                 "profiles_unchanged", "profiles_removed", "compressed")}
+        self.counters = counters("profiles_written", "profiles_new", "profiles_updated", "profiles_unchanged",
+                                 "profiles_removed", "compressed")
 
     def process(self, element):
         user_id, state = element

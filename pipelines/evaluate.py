@@ -33,7 +33,7 @@ from pipelines import plots
 from pipelines.combiners import AccumulatorFn
 from pipelines.io import match, parse_as_dict, read_records, write_dead_letters
 from pipelines.options import add_dead_letter_flag, dead_letter_folder, job_parser, parse, wants_help
-from pipelines.runtime import (CliError, counter, counter_values, new_run_id, remove_stale_shards, run_cli,
+from pipelines.runtime import (CliError, counter_values, counters, new_run_id, remove_stale_shards, run_cli,
                                run_pipeline, write_json)
 from schemas import Prediction
 
@@ -112,8 +112,7 @@ def parse_reference_file(text: str) -> list[tuple[str, str]]:
 
 class CountReferences(beam.DoFn):
     def __init__(self):
-        self.read = counter("references_read")
-        self.invalid = counter("references_invalid")
+        self.counters = counters("references_read", "references_invalid")
 
     def process(self, row):
         if isinstance(row, str):
@@ -122,12 +121,12 @@ class CountReferences(beam.DoFn):
             try:
                 row = json.loads(row)
             except json.JSONDecodeError:
-                self.invalid.inc()
+                self.counters["references_invalid"].inc()
                 return []
         pairs = reference_pairs(row)
         if not pairs:
-            self.invalid.inc()
-        self.read.inc(len(pairs))
+            self.counters["references_invalid"].inc()
+        self.counters["references_read"].inc(len(pairs))
         return pairs
 
 
@@ -151,27 +150,25 @@ class AttachReference(beam.DoFn):
     """One query's prediction with the reference from the references file."""
 
     def __init__(self):
-        self.orphans = counter("references_without_prediction")
-        self.duplicates = counter("predictions_duplicate_query_id")
-        self.replaced = counter("references_from_file")
-        self.dropped_ppl = counter("perplexity_dropped_reference_changed")
+        self.counters = counters("references_without_prediction", "predictions_duplicate_query_id",
+                                 "references_from_file", "perplexity_dropped_reference_changed")
 
     def process(self, element):
         query_id, groups = element
         predictions = sorted(groups["predictions"], key=lambda p: p["user_id"])
         references = list(groups["references"])
         if not predictions:
-            self.orphans.inc(1 if references else 0)
+            self.counters["references_without_prediction"].inc(1 if references else 0)
             return []
         if len(predictions) > 1:
-            self.duplicates.inc(len(predictions) - 1)
+            self.counters["predictions_duplicate_query_id"].inc(len(predictions) - 1)
         row = predictions[0]
         if references:
             reference = references[0]
-            self.replaced.inc()
+            self.counters["references_from_file"].inc()
             if row["reference"] != reference and row["perplexity"] is not None:
                 # generate scored another text; its perplexity says nothing about this one.
-                self.dropped_ppl.inc()
+                self.counters["perplexity_dropped_reference_changed"].inc()
                 row = {**row, "perplexity": None}
             row = {**row, "reference": reference}
         return [row]
@@ -267,10 +264,7 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv)
-    for flag in ("predictions", "output"):
-        if not getattr(opts, flag):
-            raise CliError(f"--{flag} is required (see --help)")
+    opts, options = parse(parser, argv, required=("predictions", "output"))
     files = prediction_files(opts.predictions)
     if opts.references:
         check_references(opts.references)

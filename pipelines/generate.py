@@ -32,7 +32,7 @@ from commer.prompting import UserDocuments
 from pipelines.inference import IN_PROMPT_MAX_TOKENS, ComMerGenerator, GenerationSettings
 from pipelines.io import DEAD, check_fingerprints, match, parquet_shards, parse_as_dict, read_records, write_dead_letters
 from pipelines.options import add_dead_letter_flag, add_model_flags, dead_letter_folder, job_parser, parse, wants_help
-from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, new_run_id, remove_stale_shards,
+from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, remove_stale_shards,
                                run_cli, run_pipeline, write_json)
 from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, tensor_column
 from schemas.validation import describe_errors
@@ -97,9 +97,7 @@ class PlanUser(beam.DoFn):
 
     def __init__(self, settings: GenerationSettings):
         self.settings = settings
-        self.unpersonalized = counter("queries_without_profile")
-        self.duplicates = counter("query_duplicates")
-        self.duplicate_profiles = counter("users_with_several_profiles")
+        self.counters = counters("queries_without_profile", "query_duplicates", "users_with_several_profiles")
 
     def process(self, element):
         user_id, groups = element
@@ -113,7 +111,7 @@ class PlanUser(beam.DoFn):
             profiles = list(groups.get("profiles", []))
             if len(profiles) > 1:
                 # The main job writes one row per user; keep the fullest one rather than fail.
-                self.duplicate_profiles.inc()
+                self.counters["users_with_several_profiles"].inc()
                 log.warning("user %s has %d profiles; using the one with the most documents", user_id, len(profiles))
             profile = max(profiles, key=lambda p: p["doc_count"], default=None)
             if profile is not None and profile["model_fingerprint"] != self.settings.fingerprint:
@@ -127,7 +125,7 @@ class PlanUser(beam.DoFn):
         seen = set()
         for query in queries:
             if query["query_id"] in seen:
-                self.duplicates.inc()
+                self.counters["query_duplicates"].inc()
                 yield beam.pvalue.TaggedOutput("dead", DeadLetter(
                     stage="duplicate", reason=f"query_id {query['query_id']!r} appears more than once for this user; "
                                               "the first was answered", user_id=user_id,
@@ -137,7 +135,7 @@ class PlanUser(beam.DoFn):
             documents = ranked.top(query["instruction"], self.settings.num_documents) if ranked else None
             personalized = soft is not None or bool(documents)
             if not personalized:
-                self.unpersonalized.inc()
+                self.counters["queries_without_profile"].inc()
             yield {"user_id": user_id, "query_id": query["query_id"], "instruction": query["instruction"],
                    "reference": query.get("reference"), "soft_prompt": soft, "doc_count": doc_count,
                    "documents": documents, "personalized": personalized}
@@ -217,10 +215,7 @@ def settings_from(opts) -> GenerationSettings:
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv)
-    for flag in ("queries", "output"):
-        if not getattr(opts, flag):
-            raise CliError(f"--{flag} is required (see --help)")
+    opts, options = parse(parser, argv, required=("queries", "output"))
     if opts.mode == "commer" and not opts.profiles:
         raise CliError("--mode=commer needs --profiles (compress_users' --output folder); "
                        "or use --mode=none for unpersonalised answers")

@@ -10,6 +10,8 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.runtime import CliError
+
 # With no --runner, jobs run on the FnApiRunner: the engine Beam 2.77's DirectRunner uses for
 # batch pipelines, minus its first step of downloading the Prism runner binary from GitHub
 # (which hangs or fails on machines without internet, e.g. batch workers behind a firewall).
@@ -57,9 +59,13 @@ def with_local_runner(argv: Sequence[str]) -> list[str]:
     return argv
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
-    """(the job's flags, PipelineOptions from every other argument)."""
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str],
+          required: Sequence[str] = ()) -> tuple[argparse.Namespace, PipelineOptions]:
+    """(the job's flags, PipelineOptions from every other argument); `required` flags must be given."""
     flags, rest = parser.parse_known_args(list(argv))
+    for name in required:
+        if not getattr(flags, name):
+            raise CliError(f"--{name} is required (see --help)")
     return flags, PipelineOptions(with_local_runner(rest))
 
 

@@ -38,6 +38,11 @@ def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 
 
+def counters(*names: str) -> dict:
+    """A DoFn's counters by name (all in NAMESPACE)."""
+    return {name: counter(name) for name in names}
+
+
 def checkpoint_config(flags) -> tuple[str, ComMerConfig]:
     """The checkpoint the model flags name (default: the bundled one) and its config; it must have a fingerprint."""
     checkpoint = flags.checkpoint or default_checkpoint(flags.cache_dir)

@@ -24,12 +24,12 @@ import time
 
 import torch
 
-from training.config import TrainConfig
-from training.tasks import DataError, Example, load_examples
 from commer import ComMer
 from commer.defaults import default_checkpoint
 from commer.metrics import rouge
+from training.config import TrainConfig
 from training.prompt_tuning import PromptTuning, documents_as_text
+from training.tasks import DataError, Example, load_examples
 
 log = logging.getLogger("training.evaluate")
 

@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.config import ConfigError, TrainConfig
-from training.tasks import DataError, Example, load_examples
 from commer import BackboneError, CheckpointError, ComMer, ComMerConfig
 from commer.checkpoint import read_config
+from training.config import ConfigError, TrainConfig
 from training.prompt_tuning import PromptTuning
+from training.tasks import DataError, Example, load_examples
 
 log = logging.getLogger("training")
 
