@@ -89,6 +89,19 @@ def test_project_imports_at_the_top(module):
     assert not inside, f"{rel} imports project modules inside functions: {inside}"
 
 
+TEST_LAYERS = {"schemas": {"schemas"}, "commer": {"schemas", "commer"},
+               "training": {"schemas", "commer", "training"}, "pipelines": {"schemas", "commer", "pipelines"}}
+
+
+@pytest.mark.parametrize("layer", sorted(TEST_LAYERS))
+def test_tests_mirror_the_layers(layer):
+    """tests/<layer> imports only that layer and the ones below it."""
+    for path in sorted((ROOT / "tests" / layer).rglob("*.py")):
+        for name, _ in imports(path):
+            target = _project(name)
+            assert target is None or target in TEST_LAYERS[layer], f"{path.relative_to(ROOT)} imports {name}"
+
+
 def test_no_import_cycle():
     def pending(p, in_function):  # issue 10 removes these function-level edges (checkpoint <-> model)
         return in_function and p.relative_to(ROOT).as_posix() in PENDING_FUNCTION_IMPORTS
