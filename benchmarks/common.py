@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from training.tasks.news import INSTRUCTION, format_document
 
 DEFAULT_NEWS = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "huffpost" / "news_category_v3_subset.jsonl")
 
@@ -59,12 +60,10 @@ def news_by_author(path: str = DEFAULT_NEWS) -> dict[str, list[dict]]:
 
 def news_document(row: dict) -> str:
     """A LaMP-4-style profile document, formatted as the news task formats it for training."""
-    from training.tasks.news import format_document
     return format_document(row["headline"], row["short_description"])
 
 
 def news_instruction(row: dict) -> str:
-    from training.tasks.news import INSTRUCTION
     return INSTRUCTION.format(row["short_description"].strip())
 
 

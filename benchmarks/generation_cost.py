@@ -16,11 +16,11 @@ import torch
 
 from benchmarks.common import DEFAULT_NEWS, best_of, news_by_author, news_document, news_instruction, print_table
 from commer import ComMer
-from pipelines.in_prompt import in_prompt_instruction  # the generate job's own baseline prompt
+from commer.prompting import in_prompt_instruction  # the generate job's own baseline prompt
+from commer.defaults import default_checkpoint
 
 
 def load_model(checkpoint: str | None, backbone: str | None) -> ComMer:
-    from commer.defaults import default_checkpoint
     return ComMer.from_pretrained(checkpoint or default_checkpoint(), backbone=backbone)
 
 

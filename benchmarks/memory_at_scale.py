@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import print_table, run_measured, write_jsonl
+from commer import ComMer, ComMerConfig
+from commer.tiny import make_tiny_backbone
 
 WORDS = ("alpha beta gamma delta river mountain coffee tea code music travel garden football market "
          "weather story light night morning city").split()
@@ -36,8 +38,6 @@ def main(argv=None) -> str:
     parser.add_argument("--job_args", default="", help="Extra flags for the job, space separated.")
     args = parser.parse_args(argv)
 
-    from commer import ComMer, ComMerConfig
-    from commer.tiny import make_tiny_backbone
 
     rows, baseline = [], None
     with tempfile.TemporaryDirectory() as tmp:

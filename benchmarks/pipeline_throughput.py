@@ -20,6 +20,8 @@ import torch
 
 from benchmarks.common import DEFAULT_NEWS, matmul_flops_per_second, news_documents, print_table, run_measured, write_jsonl
 from benchmarks.compression_forward import length_sorted_batches, non_embedding_parameters, raw_forward_seconds
+from commer import ComMer
+from commer.defaults import default_checkpoint
 
 
 def run_job(input_path: str, output: str, extra: list[str]) -> tuple[dict, dict]:
@@ -37,8 +39,6 @@ def main(argv=None) -> str:
     parser.add_argument("--job_args", default="", help="Extra flags for the job, space separated.")
     args = parser.parse_args(argv)
 
-    from commer import ComMer
-    from commer.defaults import default_checkpoint
 
     docs = news_documents(args.data, args.documents)
     extra = ["--batch_size", str(args.batch_size), *args.job_args.split()]

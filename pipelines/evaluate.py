@@ -22,93 +22,55 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
-from pydantic import ValidationError
+from apache_beam.io.filesystems import FileSystems
 
-from pipelines import metrics as m
+from commer import metrics as m
 from pipelines import plots
-from pipelines.common import (CliError, counter_values, new_run_id, remove_stale_shards, run_cli, run_pipeline,
-                              with_local_runner)
-from pipelines.flags import parse_flags, print_help, tolerant
-from schemas import DeadLetter, Prediction
+from pipelines.combiners import AccumulatorFn
+from pipelines.io import match, parse_as_dict, read_records, write_dead_letters
+from pipelines.options import add_dead_letter_flag, dead_letter_folder, job_parser, parse, wants_help
+from pipelines.runtime import (CliError, counter_values, counters, new_run_id, remove_stale_shards, run_cli,
+                               run_pipeline, write_json)
+from schemas import Prediction
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "commer_evaluate"
 AGGREGATES = "_aggregates.jsonl"
 
 
-class EvaluateOptions(PipelineOptions):
-    """Flags of the evaluate job."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser = tolerant(parser)
-        parser.add_argument("--predictions", default=None,
-                            help="generate's --output folder, or a predictions file/glob (.parquet or .jsonl).")
-        parser.add_argument("--references", default=None,
-                            help="Optional references by query_id: LaMP's outputs JSON ({\"task\", \"golds\": "
-                                 "[{\"id\", \"output\"}]}), or JSONL/Parquet rows with query_id (or id) and "
-                                 "reference (or output). Default: the reference stored on each prediction.")
-        parser.add_argument("--output", default=None,
-                            help="Output folder: metrics.json, per_query-*.jsonl, per_user-*.jsonl, PNG plots.")
-        parser.add_argument("--use_stemmer", action="store_true",
-                            help="Porter-stem words before ROUGE. Off by default, as in LaMP's evaluation "
-                                 "(HF evaluate's rouge defaults).")
-        parser.add_argument("--no_plots", action="store_true", help="Skip the PNG plots.")
+parser = job_parser("python -m pipelines.evaluate", __doc__)
+parser.add_argument("--predictions", default=None,
+                    help="generate's --output folder, or a predictions file/glob (.parquet or .jsonl).")
+parser.add_argument("--references", default=None,
+                    help="Optional references by query_id: LaMP's outputs JSON ({\"task\", \"golds\": "
+                         "[{\"id\", \"output\"}]}), or JSONL/Parquet rows with query_id (or id) and "
+                         "reference (or output). Default: the reference stored on each prediction.")
+parser.add_argument("--output", default=None,
+                    help="Output folder: metrics.json, per_query-*.jsonl, per_user-*.jsonl, PNG plots.")
+parser.add_argument("--use_stemmer", action="store_true",
+                    help="Porter-stem words before ROUGE. Off by default, as in LaMP's evaluation "
+                         "(HF evaluate's rouge defaults).")
+parser.add_argument("--no_plots", action="store_true", help="Skip the PNG plots.")
+add_dead_letter_flag(parser)
 
 
 # ---- inputs -----------------------------------------------------------------------------
 
-def prediction_files(path: str) -> tuple[list[str], str]:
-    """(files, 'parquet' | 'jsonl') for generate's folder, a file, or a glob."""
-    from commer.storage import filesystem, is_remote
-    fs, root = filesystem(path)
-    if fs.isdir(root):
-        listed = sorted(fs.ls(root, detail=False))
-        files = [f for f in listed if f.endswith(".parquet")] or [f for f in listed if f.endswith(".jsonl")]
-    else:
-        files = sorted(fs.glob(root)) if any(c in root for c in "*?[") else ([root] if fs.exists(root) else [])
-    if not files:
-        raise CliError(f"--predictions {path}: no .parquet or .jsonl predictions found (pass generate's --output)")
-    kind = "parquet" if files[0].endswith(".parquet") else "jsonl"
-    return [fs.unstrip_protocol(f) if is_remote(path) else f for f in files], kind
-
-
-def parse_prediction(raw, source: str):
-    """(row, None) or (None, DeadLetter) for one predictions row or JSONL line."""
-    try:
-        row = json.loads(raw) if isinstance(raw, str) else raw
-        return Prediction.model_validate(row).model_dump(), None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}"
-                             for e in exc.errors(include_input=False, include_url=False))
-        reason = f"invalid prediction: {problems}"
-    except json.JSONDecodeError as exc:
-        reason = f"prediction is not valid JSON ({exc.msg})"
-    return None, DeadLetter(stage="validate", reason=reason, source=source,
-                            record=raw if isinstance(raw, str) else json.dumps(raw, default=str))
-
-
-class ParsePredictions(beam.DoFn):
-    def __init__(self, source: str):
-        self.source = source
-        self.read = Metrics.counter(NAMESPACE, "predictions_read")
-        self.invalid = Metrics.counter(NAMESPACE, "predictions_invalid")
-
-    def process(self, raw):
-        if isinstance(raw, str) and not raw.strip():
-            return []
-        self.read.inc()
-        row, dead = parse_prediction(raw, self.source)
-        if dead is not None:
-            self.invalid.inc()
-            return [beam.pvalue.TaggedOutput("dead", dead)]
-        return [row]
+def prediction_files(path: str) -> list[str]:
+    """The predictions of generate's --output folder (Parquet, else JSONL), or of a file or glob."""
+    path = path.rstrip("/")
+    if any(c in path for c in "*?[") or path.endswith((".parquet", ".jsonl")):
+        return match(path, "--predictions")
+    for pattern in (f"{path}/*.parquet", f"{path}/*.jsonl"):
+        try:
+            return match(pattern, "--predictions")
+        except CliError:
+            continue
+    raise CliError(f"--predictions {path}: no .parquet or .jsonl predictions found (pass generate's --output)")
 
 
 def check_references(path: str) -> None:
@@ -117,17 +79,13 @@ def check_references(path: str) -> None:
     LaMP's outputs files are one JSON document each (a few MB): a corrupt one would otherwise
     fail deep inside the pipeline, and a partly read one would silently skew the metrics.
     """
-    from commer.storage import filesystem
-    fs, root = filesystem(path)
-    files = fs.glob(root)
-    if not files:
-        raise CliError(f"--references {path} does not exist")
+    files = match(path, "--references")
     if path.endswith(".json"):
         for file in files:
-            with fs.open(file, "r") as f:
+            with FileSystems.open(file) as f:
                 try:
-                    pairs = parse_reference_file(f.read())
-                except (json.JSONDecodeError, AttributeError, TypeError):
+                    pairs = parse_reference_file(f.read().decode("utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
                     pairs = None
             if not pairs:
                 raise CliError(f"--references {file} is not LaMP outputs JSON ({{\"task\": ..., \"golds\": "
@@ -154,8 +112,7 @@ def parse_reference_file(text: str) -> list[tuple[str, str]]:
 
 class CountReferences(beam.DoFn):
     def __init__(self):
-        self.read = Metrics.counter(NAMESPACE, "references_read")
-        self.invalid = Metrics.counter(NAMESPACE, "references_invalid")
+        self.counters = counters("references_read", "references_invalid")
 
     def process(self, row):
         if isinstance(row, str):
@@ -164,12 +121,12 @@ class CountReferences(beam.DoFn):
             try:
                 row = json.loads(row)
             except json.JSONDecodeError:
-                self.invalid.inc()
+                self.counters["references_invalid"].inc()
                 return []
         pairs = reference_pairs(row)
         if not pairs:
-            self.invalid.inc()
-        self.read.inc(len(pairs))
+            self.counters["references_invalid"].inc()
+        self.counters["references_read"].inc(len(pairs))
         return pairs
 
 
@@ -193,27 +150,25 @@ class AttachReference(beam.DoFn):
     """One query's prediction with the reference from the references file."""
 
     def __init__(self):
-        self.orphans = Metrics.counter(NAMESPACE, "references_without_prediction")
-        self.duplicates = Metrics.counter(NAMESPACE, "predictions_duplicate_query_id")
-        self.replaced = Metrics.counter(NAMESPACE, "references_from_file")
-        self.dropped_ppl = Metrics.counter(NAMESPACE, "perplexity_dropped_reference_changed")
+        self.counters = counters("references_without_prediction", "predictions_duplicate_query_id",
+                                 "references_from_file", "perplexity_dropped_reference_changed")
 
     def process(self, element):
         query_id, groups = element
         predictions = sorted(groups["predictions"], key=lambda p: p["user_id"])
         references = list(groups["references"])
         if not predictions:
-            self.orphans.inc(1 if references else 0)
+            self.counters["references_without_prediction"].inc(1 if references else 0)
             return []
         if len(predictions) > 1:
-            self.duplicates.inc(len(predictions) - 1)
+            self.counters["predictions_duplicate_query_id"].inc(len(predictions) - 1)
         row = predictions[0]
         if references:
             reference = references[0]
-            self.replaced.inc()
+            self.counters["references_from_file"].inc()
             if row["reference"] != reference and row["perplexity"] is not None:
                 # generate scored another text; its perplexity says nothing about this one.
-                self.dropped_ppl.inc()
+                self.counters["perplexity_dropped_reference_changed"].inc()
                 row = {**row, "perplexity": None}
             row = {**row, "reference": reference}
         return [row]
@@ -227,50 +182,15 @@ def score_row(row: dict, use_stemmer: bool) -> dict:
 
 # ---- aggregation ------------------------------------------------------------------------
 
-class _AccumulatorFn(beam.CombineFn):
-    """A CombineFn over a Beam-free accumulator from pipelines.metrics (add / merge / summary);
-    subclasses only say which accumulator. Merging mutates only the first one (combiner lifting)."""
-
-    def add_input(self, accumulator, value):
-        return accumulator.add(value)
-
-    def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        first = next(accumulators)
-        for other in accumulators:
-            first.merge(other)
-        return first
-
-    def extract_output(self, accumulator):
-        return accumulator.summary()
+def aggregate_fn(with_histogram: bool = False) -> AccumulatorFn:
+    """commer.metrics.Aggregate as a CombineFn."""
+    return AccumulatorFn(partial(m.Aggregate, with_histogram=with_histogram))
 
 
-class AggregateFn(_AccumulatorFn):
-    """metrics.Aggregate as a CombineFn (the arithmetic lives in pipelines.metrics)."""
-
-    def __init__(self, with_histogram: bool = False):
-        self.with_histogram = with_histogram
-
-    def create_accumulator(self):
-        return m.Aggregate(with_histogram=self.with_histogram)
-
-
-class DistributionFn(_AccumulatorFn):
-    def create_accumulator(self):
-        return m.Distribution()
-
-
-def build(pipeline, opts, files: list[str], kind: str, run_id: str) -> None:
+def build(pipeline, opts, files: list[str], run_id: str) -> None:
     output = opts.output.rstrip("/")
-    if kind == "parquet":
-        raw = (pipeline | "PredictionFiles" >> beam.Create(files)
-               | "ReadPredictions" >> beam.io.ReadAllFromParquet())
-    else:
-        raw = (pipeline | "PredictionFiles" >> beam.Create(files)
-               | "ReadPredictions" >> beam.io.ReadAllFromText())
-    parsed = raw | "ParsePredictions" >> beam.ParDo(ParsePredictions(opts.predictions)).with_outputs(
-        "dead", main="rows")
-    predictions = parsed.rows
+    predictions, dead = read_records(pipeline, "Predictions", files, partial(parse_as_dict, Prediction),
+                                     "predictions_read", "predictions_valid", "predictions_invalid")
     if opts.references:
         references = read_references(pipeline, opts.references)
         predictions = ({"predictions": predictions | "KeyByQuery" >> beam.Map(lambda p: (p["query_id"], p)),
@@ -283,21 +203,21 @@ def build(pipeline, opts, files: list[str], kind: str, run_id: str) -> None:
     (scored | "PerQueryJson" >> beam.Map(json.dumps)
      | "WritePerQuery" >> beam.io.WriteToText(f"{output}/per_query-{run_id}", file_name_suffix=".jsonl"))
 
-    overall = (scored | "Overall" >> beam.CombineGlobally(AggregateFn(with_histogram=True))
+    overall = (scored | "Overall" >> beam.CombineGlobally(aggregate_fn(with_histogram=True))
                | "TagOverall" >> beam.Map(lambda s: ("overall", None, s)))
     by_personalization = (
         scored
         | "KeyPersonalized" >> beam.Map(lambda r: ("personalized" if r["personalized"] else "not_personalized", r))
-        | "ByPersonalization" >> beam.CombinePerKey(AggregateFn())
+        | "ByPersonalization" >> beam.CombinePerKey(aggregate_fn())
         | "TagPersonalization" >> beam.Map(lambda kv: ("by_personalization", kv[0], kv[1])))
     by_doc_count = (
         scored
         | "KeyDocCount" >> beam.Map(lambda r: (m.doc_count_bucket(r["doc_count"]), r))
-        | "ByDocCount" >> beam.CombinePerKey(AggregateFn())
+        | "ByDocCount" >> beam.CombinePerKey(aggregate_fn())
         | "TagDocCount" >> beam.Map(lambda kv: ("by_doc_count", list(kv[0]), kv[1])))
     per_user = (scored
                 | "KeyUser" >> beam.Map(lambda r: (r["user_id"], r))
-                | "PerUser" >> beam.CombinePerKey(AggregateFn())
+                | "PerUser" >> beam.CombinePerKey(aggregate_fn())
                 | "UserRow" >> beam.Map(lambda kv: {"user_id": kv[0], **kv[1]}))
     (per_user | "PerUserJson" >> beam.Map(json.dumps)
      | "WritePerUser" >> beam.io.WriteToText(f"{output}/per_user-{run_id}", file_name_suffix=".jsonl"))
@@ -306,7 +226,7 @@ def build(pipeline, opts, files: list[str], kind: str, run_id: str) -> None:
         distributions.append(
             per_user
             | f"User{name}" >> beam.FlatMap(lambda u, k=name: [u[k]] if u[k] is not None else [])
-            | f"UserDistribution{name}" >> beam.CombineGlobally(DistributionFn())
+            | f"UserDistribution{name}" >> beam.CombineGlobally(AccumulatorFn(m.Distribution))
             | f"TagUser{name}" >> beam.Map(lambda s, k=name: ("per_user", k, s)))
     users = (per_user | "CountUsers" >> beam.combiners.Count.Globally()
              | "TagUsers" >> beam.Map(lambda n: ("per_user", "users", n)))
@@ -315,8 +235,7 @@ def build(pipeline, opts, files: list[str], kind: str, run_id: str) -> None:
      | "AllAggregates" >> beam.Flatten()
      | "AggregateJson" >> beam.Map(json.dumps)
      | "WriteAggregates" >> beam.io.WriteToText(f"{output}/{AGGREGATES}", shard_name_template="", num_shards=1))
-    (parsed.dead | "DeadToJson" >> beam.Map(lambda d: d.model_dump_json())
-     | "WriteDeadLetters" >> beam.io.WriteToText(f"{output}/dead_letters/dead_letters-{run_id}", file_name_suffix=".jsonl"))
+    write_dead_letters([dead], dead_letter_folder(opts), run_id)
 
 
 def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dict:
@@ -342,46 +261,30 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
     return out
 
 
-def _help(argv: list[str]) -> bool:
-    if "--help" not in argv and "-h" not in argv:
-        return False
-    print_help("python -m pipelines.evaluate", __doc__, {"evaluate": EvaluateOptions})
-    return True
-
-
 def main(argv: list[str]) -> int:
-    if _help(argv):
+    if wants_help(parser, argv):
         return 0
-    options = PipelineOptions(with_local_runner(argv))
-    opts = parse_flags(EvaluateOptions, argv)
-    for flag in ("predictions", "output"):
-        if not getattr(opts, flag):
-            raise CliError(f"--{flag} is required (see --help)")
-    files, kind = prediction_files(opts.predictions)
+    opts, options = parse(parser, argv, required=("predictions", "output"))
+    files = prediction_files(opts.predictions)
     if opts.references:
         check_references(opts.references)
 
-    import fsspec
-
-    from commer.storage import filesystem
     output = opts.output.rstrip("/")
-    fs, root = filesystem(output)
     run_id, started = new_run_id(), time.perf_counter()
-    result, _ = run_pipeline(options, build, opts, files, kind, run_id)
-    for folder, pattern in ((output, "per_query-*"), (output, "per_user-*"), (f"{output}/dead_letters", "dead_letters-*")):
+    result, _ = run_pipeline(options, build, opts, files, run_id)
+    for folder, pattern in ((output, "per_query-*"), (output, "per_user-*"),
+                            (dead_letter_folder(opts), "dead_letters-*")):
         remove_stale_shards(folder, run_id, pattern)
 
-    aggregates_path = f"{root}/{AGGREGATES}"
-    with fs.open(aggregates_path, "r") as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
-    fs.rm(aggregates_path)
-    counts = counter_values(result, NAMESPACE)
-    metrics = assemble(lines, counts, opts.use_stemmer)
+    aggregates_path = f"{output}/{AGGREGATES}"
+    with FileSystems.open(aggregates_path) as f:
+        lines = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
+    FileSystems.delete([aggregates_path])
+    metrics = assemble(lines, counter_values(result), opts.use_stemmer)
     metrics["files"] = {"per_query": f"{output}/per_query-*.jsonl", "per_user": f"{output}/per_user-*.jsonl",
                         "plots": [] if opts.no_plots else plots.write_all(metrics, output)}
     metrics["seconds"] = round(time.perf_counter() - started, 2)  # pipeline + plots
-    with fsspec.open(f"{output}/metrics.json", "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json(f"{output}/metrics.json", metrics)
     overall = metrics["overall"]
     log.info("evaluate: %d predictions, %d with a reference: ROUGE-1 %s, ROUGE-L %s, mean perplexity %s -> %s",
              overall["queries"], overall["with_reference"], _fmt(overall["rouge1"]), _fmt(overall["rougeL"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 
 import matplotlib
+from apache_beam.io.filesystems import FileSystems
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -18,12 +19,11 @@ PERPLEXITY_PLOT = "perplexity_histogram.png"
 
 
 def _save(fig, path: str) -> None:
-    import fsspec
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    with fsspec.open(path, "wb") as f:
+    with FileSystems.create(path) as f:
         f.write(buffer.getvalue())
 
 

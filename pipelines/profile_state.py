@@ -13,6 +13,7 @@ before the previous profile it applies to), and the result is only formed at the
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -120,3 +121,28 @@ class ProfileState:
         return Profile(user_id=user_id, doc_count=state.count, soft_prompt=state.mean(),
                        soft_prompt_sum=state.total, doc_ids=sorted(doc_ids), model_fingerprint=fingerprint,
                        updated_at=now)
+
+
+class Change(enum.Enum):
+    PREVIOUS = "previous"  # the user's stored profile
+    ADD = "add"            # a newly compressed document
+    REMOVE = "remove"      # a deleted document's stored compression
+
+
+@dataclass(frozen=True)
+class Update:
+    """One input of a user's ProfileState: typed, so the merge never dispatches on strings."""
+
+    change: Change
+    doc_id: str = ""
+    compression: np.ndarray | None = field(default=None, repr=False)
+    previous: PreviousProfile | None = field(default=None, repr=False)
+
+
+def apply_update(state: ProfileState, update: Update) -> ProfileState:
+    """Fold one Update into a user's state (the CombineFn's add_input)."""
+    if update.change is Change.PREVIOUS:
+        return state.set_previous(update.previous)
+    if update.change is Change.ADD:
+        return state.add(update.doc_id, update.compression)
+    return state.remove(update.doc_id, update.compression)

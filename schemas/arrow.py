@@ -12,6 +12,7 @@ import typing
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -107,8 +108,7 @@ def read_parquet(path: str) -> pa.Table:
     """Read a Parquet file, or every *.parquet under a folder, local or remote (schema metadata kept)."""
     import pyarrow.dataset as ds
 
-    from commer.storage import filesystem
-    fs, root = filesystem(path)
+    fs, _, (root,) = fsspec.get_fs_token_paths(str(path))
     if fs.isdir(root):
         # Only the Parquet shards: a job folder may also hold summaries or temp files.
         files = sorted(f for f in fs.find(root) if f.endswith(".parquet"))

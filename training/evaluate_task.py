@@ -24,7 +24,11 @@ import time
 
 import torch
 
+from commer import ComMer
+from commer.defaults import default_checkpoint
+from commer.metrics import rouge
 from training.config import TrainConfig
+from training.prompt_tuning import PromptTuning, documents_as_text
 from training.tasks import DataError, Example, load_examples
 
 log = logging.getLogger("training.evaluate")
@@ -33,7 +37,6 @@ log = logging.getLogger("training.evaluate")
 def prompt_tokens(model, method: str, documents: list[str], instruction: str) -> int:
     """Tokens the generator's prompt holds: the cost the paper's Figure 3 puts on its x axis."""
     if method == "prompt_tuning":
-        from training.prompt_tuning import documents_as_text
         return model.soft_prompt.shape[0] + len(model.base.prompt_ids(documents_as_text(documents, instruction)))
     soft = model.K if method == "commer" and documents else 0
     return soft + len(model.prompt_ids(instruction))
@@ -41,7 +44,6 @@ def prompt_tokens(model, method: str, documents: list[str], instruction: str) ->
 
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/L F-measure, scored by the evaluate job's own function (with the Porter stemmer)."""
-    from pipelines.metrics import rouge
     scores = [rouge(p, r, use_stemmer=True) for p, r in zip(predictions, references)]
     n = max(len(scores), 1)
     return {"rouge1": sum(s["rouge1"] for s in scores) / n, "rougeL": sum(s["rougeL"] for s in scores) / n}
@@ -89,12 +91,9 @@ def evaluate(model, method: str, examples: list[Example], num_documents: int, ba
 
 def load_model(method: str, checkpoint: str | None, cache: str | None):
     if method == "prompt_tuning":
-        from training.prompt_tuning import PromptTuning
         if not checkpoint:
             raise DataError("--method prompt_tuning needs --checkpoint (a prompt-tuning run's final/ folder)")
         return PromptTuning.from_pretrained(checkpoint, cache=cache)
-    from commer import ComMer
-    from commer.defaults import default_checkpoint
     return ComMer.from_pretrained(checkpoint or default_checkpoint(cache), cache=cache)
 
 

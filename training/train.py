@@ -29,7 +29,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from commer import BackboneError, CheckpointError, ComMer, ComMerConfig
+from commer.checkpoint import read_config
 from training.config import ConfigError, TrainConfig
+from training.prompt_tuning import PromptTuning
 from training.tasks import DataError, Example, load_examples
 
 log = logging.getLogger("training")
@@ -42,8 +45,6 @@ STATE_JSON = "training_state.json"
 
 def build_model(config: TrainConfig, resume_from: Path | None = None):
     """The model to train: fresh, from init_checkpoint, or from a resumable run folder."""
-    from commer import ComMer, ComMerConfig
-    from training.prompt_tuning import PromptTuning
 
     if config.method == "prompt_tuning":
         source = resume_from or (Path(config.init_checkpoint) if config.init_checkpoint else None)
@@ -282,7 +283,6 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
 def training_record(config: TrainConfig, model, meta: dict, n_train: int, n_val: int, total_steps: int) -> dict:
     previous = []
     if config.init_checkpoint and config.method == "commer":
-        from commer.checkpoint import read_config
         previous = list(read_config(config.init_checkpoint).training.get("stages", []))
     stage = {
         "task": config.task, "method": config.method, "data": list(config.data), "val_data": list(config.val_data),
@@ -338,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from commer import BackboneError, CheckpointError
         if isinstance(exc, (BackboneError, CheckpointError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -1,5 +1,7 @@
 """Task loaders: each builds `Example`s (documents, instruction, answer) for a split."""
-from training.tasks.base import MAX_EXAMPLE_CHARS, DataError, Example, bm25_top, split_of  # noqa: F401
+from commer.prompting import bm25_top  # noqa: F401
+from training.tasks.base import MAX_EXAMPLE_CHARS, DataError, Example, split_of  # noqa: F401
+from training.tasks import lamp, news, perltqa, pretraining
 
 
 def load_examples(config, split: str, limit: int | None = None) -> list[Example]:
@@ -9,18 +11,14 @@ def load_examples(config, split: str, limit: int | None = None) -> list[Example]
     if not config.data:
         raise DataError(f"task {config.task!r} needs a data file: pass --data PATH")
     if config.task == "pretrain":
-        from training.tasks import pretraining
         examples = pretraining.load(config.data, split, config.num_documents, config.seed,
                                     val_data=config.val_data or None, passes=config.pretrain_passes)
     elif config.task == "news":
-        from training.tasks import news
         return news.load(config.data[0], split, config.num_documents, seed=config.seed, max_examples=limit,
                          max_examples_per_user=config.max_examples_per_user)
     elif config.task in ("lamp4", "lamp7"):
-        from training.tasks import lamp
         examples = lamp.load_split(config.task, config, split)
     elif config.task == "perltqa":
-        from training.tasks import perltqa
         if not config.data_outputs:
             raise DataError("task 'perltqa' needs the QA JSON: pass --data_outputs PATH")
         examples = perltqa.load(config.data[0], config.data_outputs, split, config.num_documents, seed=config.seed)

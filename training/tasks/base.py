@@ -1,4 +1,6 @@
-"""What every task shares: the example record, user-level splits, BM25 retrieval, file reading.
+"""What every task shares: the example record, user-level splits, file reading.
+
+Retrieval (BM25, LaMP's whitespace tokens) is commer.prompting.bm25_top.
 
 A task turns a dataset in its published format into `Example`s of (documents, instruction,
 answer). Splits are always by user, decided by a hash of the user key, so they are fixed
@@ -47,25 +49,6 @@ def split_of(user_key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> str
 
 def drop_long(examples: Iterable[Example], limit: int = MAX_EXAMPLE_CHARS) -> list[Example]:
     return [e for e in examples if e.num_chars() <= limit]
-
-
-def whitespace_tokens(text: str) -> list[str]:
-    return text.split()
-
-
-def bm25_top(query: str, corpus: Sequence[str], n: int) -> list[int]:
-    """Indices of the n best corpus entries for the query (BM25Okapi, whitespace tokens), best first.
-
-    Ties keep corpus order (stable sort), so results are deterministic.
-    """
-    if n <= 0 or not corpus:
-        return []
-    from rank_bm25 import BM25Okapi
-
-    tokenized = [whitespace_tokens(c) or [""] for c in corpus]
-    scores = BM25Okapi(tokenized).get_scores(whitespace_tokens(query))
-    order = sorted(range(len(corpus)), key=lambda i: -float(scores[i]))
-    return order[:n]
 
 
 def require_file(path: str | Path, what: str) -> Path:

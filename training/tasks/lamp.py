@@ -17,7 +17,8 @@ when given, else from the training files by hash too.
 """
 from __future__ import annotations
 
-from training.tasks.base import DataError, Example, bm25_top, drop_long, read_json, require_keys, split_of
+from commer.prompting import bm25_top
+from training.tasks.base import DataError, Example, drop_long, read_json, require_keys, split_of
 
 PROFILE_KEYS = {"lamp4": ("id", "title", "text"), "lamp7": ("id", "text")}
 TASK_NAMES = {"lamp4": "LaMP_4", "lamp7": "LaMP_7"}

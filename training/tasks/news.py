@@ -18,7 +18,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from training.tasks.base import DataError, Example, bm25_top, drop_long, read_jsonl, split_of
+from commer.prompting import bm25_top
+from training.tasks.base import DataError, Example, drop_long, read_jsonl, split_of
 
 INSTRUCTION = "Generate a headline for the following article: {}"
 FRACTIONS = (0.8, 0.1, 0.1)

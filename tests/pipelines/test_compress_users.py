@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from commer import ComMer, ComMerConfig
-from pipelines.common import CliError
-from pipelines.compress_users import load_tokenizer, main, run, tokenize
+from pipelines.compress_users import main, run
+from pipelines.inference import load_tokenizer, split_batches, tokenize
+from pipelines.io import parquet_shards
+from pipelines.runtime import CliError
 from schemas import DocumentCompression, Profile, from_table, read_metadata, read_parquet
 
 SECRET = "zebra-secret-phrase"
@@ -260,18 +262,17 @@ def test_default_backbone_default_command_path(tmp_path, monkeypatch, capsys):
 
 
 def test_previous_outputs_resolve_from_run_folder_shard_folder_or_file(tmp_path):
-    from pipelines.compress_users import _parquet_files
     for sub in ("profiles", "document_compressions"):
         (tmp_path / "run" / sub).mkdir(parents=True)
         pq.write_table(pa.table({"x": [1]}), tmp_path / "run" / sub / f"{sub}-0.parquet")
     run_folder = str(tmp_path / "run")
-    assert _parquet_files(run_folder, "--previous_profiles", "profiles")[0].endswith("profiles/profiles-0.parquet")
-    assert _parquet_files(run_folder, "--previous_document_compressions", "document_compressions")[0].endswith(
+    assert parquet_shards(run_folder, "--previous_profiles", "profiles")[0].endswith("profiles/profiles-0.parquet")
+    assert parquet_shards(run_folder, "--previous_document_compressions", "document_compressions")[0].endswith(
         "document_compressions/document_compressions-0.parquet")
-    assert len(_parquet_files(run_folder + "/profiles", "--previous_profiles", "profiles")) == 1
-    assert len(_parquet_files(run_folder + "/profiles/profiles-0.parquet", "--previous_profiles", "profiles")) == 1
+    assert len(parquet_shards(run_folder + "/profiles", "--previous_profiles", "profiles")) == 1
+    assert len(parquet_shards(run_folder + "/profiles/profiles-0.parquet", "--previous_profiles", "profiles")) == 1
     with pytest.raises(CliError, match="--previous_profiles"):
-        _parquet_files(str(tmp_path / "nothing"), "--previous_profiles", "profiles")
+        parquet_shards(str(tmp_path / "nothing"), "--previous_profiles", "profiles")
 
 
 def test_refresh_in_place_replaces_the_old_shards(tmp_path, tiny_checkpoint, commer_cache):
@@ -291,7 +292,6 @@ def test_batches_are_length_sorted_and_padding_is_small():
     import random
 
     from pipelines.batching import padding_fraction
-    from pipelines.compress_users import split_batches
     rng = random.Random(0)
     docs = [("u", f"d{i}", [1] * rng.randint(33, 64)) for i in range(400)]
     batches = list(split_batches(("bucket", iter(docs)), 16, window_batches=8))

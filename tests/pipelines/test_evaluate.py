@@ -131,7 +131,7 @@ def test_jsonl_references_and_stemmer(tmp_path):
 
 
 def test_missing_predictions_is_a_clear_error(tmp_path, capsys):
-    from pipelines.common import run_cli
+    from pipelines.runtime import run_cli
     with pytest.raises(SystemExit) as exit_info:
         run_cli(evaluate.main, RUNNER + [f"--predictions={tmp_path}", f"--output={tmp_path / 'm'}"])
     assert exit_info.value.code == 2
@@ -140,7 +140,7 @@ def test_missing_predictions_is_a_clear_error(tmp_path, capsys):
 
 
 def test_corrupt_lamp_references_refused_before_running(tmp_path, capsys):
-    from pipelines.common import run_cli
+    from pipelines.runtime import run_cli
     predictions = _write_fixed_predictions(tmp_path / "predictions")
     (tmp_path / "golds.json").write_text('{"task": "LaMP_4", "golds": [{"id": "1", "output": "x"}')  # cut short
     with pytest.raises(SystemExit) as exit_info:

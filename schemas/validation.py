@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from schemas import DeadLetter, Document
+from schemas.records import DeadLetter, Document
 
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 # Dead letters keep the raw record so nothing is lost, but never an unbounded copy of it.
@@ -41,9 +41,9 @@ def _dead(stage: str, reason: str, source: str, record: str | None,
                       doc_id=doc_id if isinstance(doc_id, str) else None)
 
 
-def parse_json_line(raw: bytes | str, source: str = "",
-                    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> ValidDocument | DeadLetter:
-    """One JSONL line → a document or a dead letter (never raises)."""
+def decode_line(raw: bytes | str, source: str = "",
+                max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> tuple[Any, str] | DeadLetter:
+    """One JSONL line → (decoded JSON value, its text), or a dead letter (bad UTF-8, oversized, bad JSON)."""
     size = len(raw)
     if isinstance(raw, bytes):
         try:
@@ -57,10 +57,47 @@ def parse_json_line(raw: bytes | str, source: str = "",
         return _dead("parse", f"record is {size} bytes, over --max_record_bytes={max_record_bytes}",
                      source, _record_text(text))
     try:
-        row = json.loads(text)
+        return json.loads(text), text
     except (json.JSONDecodeError, RecursionError) as exc:
         return _dead("parse", f"malformed JSON: {exc.msg if hasattr(exc, 'msg') else 'too deeply nested'}",
                      source, _record_text(text))
+
+
+def parse_record(raw: Any, record_type: type[BaseModel], source: str = "",
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> BaseModel | DeadLetter:
+    """The one rule every job applies: a JSONL line (bytes | str) or a decoded row (dict) → a
+    validated `record_type`, or a dead letter with a reason (never raises, never quotes values)."""
+    raw_text = None
+    if isinstance(raw, (bytes, str)):
+        decoded = decode_line(raw, source, max_record_bytes)
+        if isinstance(decoded, DeadLetter):
+            return decoded
+        raw, raw_text = decoded
+    else:
+        raw_text = _safe_json(raw)
+        if raw_text is not None and len(raw_text.encode("utf-8", "surrogatepass")) > max_record_bytes:
+            return _dead("parse", f"record is over --max_record_bytes={max_record_bytes}", source,
+                         _record_text(raw_text), *_ids(raw))
+    return _validate(raw, record_type, source, raw_text)
+
+
+def _validate(row: Any, record_type: type[BaseModel], source: str, raw: str | None) -> BaseModel | DeadLetter:
+    if not isinstance(row, dict):
+        return _dead("validate", f"record is a JSON {type(row).__name__}, not an object", source,
+                     _record_text(raw) if raw else None)
+    try:
+        return record_type.model_validate(row)
+    except ValidationError as exc:
+        return _dead("validate", describe_errors(exc), source, _record_text(raw) if raw else None, *_ids(row))
+
+
+def parse_json_line(raw: bytes | str, source: str = "",
+                    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> ValidDocument | DeadLetter:
+    """One JSONL line → a document or a dead letter (never raises)."""
+    decoded = decode_line(raw, source, max_record_bytes)
+    if isinstance(decoded, DeadLetter):
+        return decoded
+    row, text = decoded
     return validate_row(row, source, text)
 
 
@@ -72,22 +109,17 @@ def validate_row(row: Any, source: str = "", raw: str | None = None,
         if raw is not None and len(raw.encode("utf-8", "surrogatepass")) > max_record_bytes:
             return _dead("parse", f"record is over --max_record_bytes={max_record_bytes}", source,
                          _record_text(raw), *_ids(row))
-    if not isinstance(row, dict):
-        return _dead("validate", f"record is a JSON {type(row).__name__}, not an object", source,
-                     _record_text(raw) if raw else None)
     user_id, doc_id = _ids(row)
-    text = row.get("text")
-    if isinstance(text, (bytes, bytearray)):
+    if isinstance(row, dict) and isinstance(text := row.get("text"), (bytes, bytearray)):
         # Parquet binary columns: the only place undecodable text can reach validation.
         try:
             row = {**row, "text": bytes(text).decode("utf-8")}
         except UnicodeDecodeError as exc:
             return _dead("validate", f"field 'text' is not valid UTF-8 (bad byte at offset {exc.start})",
                          source, None, user_id, doc_id)
-    try:
-        doc = Document.model_validate(row)
-    except ValidationError as exc:
-        return _dead("validate", _describe(exc), source, _record_text(raw) if raw else None, user_id, doc_id)
+    doc = _validate(row, Document, source, raw)
+    if isinstance(doc, DeadLetter):
+        return doc
     return ValidDocument(doc.user_id, doc.doc_id, doc.text)
 
 
@@ -104,7 +136,7 @@ def _safe_json(row: Any) -> str | None:
         return None
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
     """Field names and what is wrong, never the offending values (they may be text)."""
     parts = []
     for err in exc.errors(include_input=False, include_url=False):

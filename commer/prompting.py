@@ -1,34 +1,49 @@
-"""The in-prompt baseline, free of Beam: a user's top-n documents by BM25, as plain text.
+"""Documents as text in the prompt: BM25 retrieval and the in-prompt layout. No Beam.
 
-Retrieval follows LaMP: BM25 (rank-bm25's BM25Okapi) over the user's own documents, with the
-query's instruction as the search query. The chosen documents go before the instruction, in
-the same layout as benchmarks/generation_cost.py, so costs measured there and here agree.
+Retrieval follows LaMP: BM25 (rank-bm25's BM25Okapi) over one user's documents with the
+query as the search query, and LaMP's tokenization: `str.split()` on whitespace, case kept
+(LaMP's retriever does `x.split()` on corpus and query). That one rule serves the training
+tasks (LaMP, news), the generate job's in-prompt baseline and the benchmarks, so retrieval
+in training and in production picks the same documents. Ties keep corpus order.
+
+The chosen documents go before the instruction (`in_prompt_instruction`), the layout the
+generate job's baseline, the benchmarks and the prompt-tuning baseline's costs all share.
 """
 from __future__ import annotations
 
-import re
 from typing import Callable, Iterable, Sequence
 
-_WORD = re.compile(r"\w+")
+from rank_bm25 import BM25Okapi
 
 
 def bm25_tokens(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    """LaMP's BM25 tokens: whitespace-separated words, as written."""
+    return text.split()
+
+
+def bm25_top(query: str, corpus: Sequence[str], n: int) -> list[int]:
+    """Indices of the n best corpus entries for the query (BM25Okapi), best first.
+
+    Ties keep corpus order (stable sort), so results are deterministic.
+    """
+    if n <= 0 or not corpus:
+        return []
+    # BM25Okapi divides by the mean document length: keep every token list non-empty.
+    tokenized = [bm25_tokens(c) or [""] for c in corpus]
+    scores = BM25Okapi(tokenized).get_scores(bm25_tokens(query))
+    order = sorted(range(len(corpus)), key=lambda i: -float(scores[i]))
+    return order[:n]
 
 
 class UserDocuments:
-    """One user's documents, indexed once for all their queries."""
+    """One user's documents ({doc_id, text}), indexed once for all their queries."""
 
     def __init__(self, documents: Iterable[dict]):
         unique: dict[str, str] = {}
         for doc in sorted(documents, key=lambda d: d["doc_id"]):
             unique.setdefault(doc["doc_id"], doc["text"])  # the first of a repeated doc_id
-        self.docs = list(unique.items())
-        self.index = None
-        if self.docs:
-            from rank_bm25 import BM25Okapi
-            # BM25Okapi divides by the mean document length: keep every token list non-empty.
-            self.index = BM25Okapi([bm25_tokens(text) or [""] for _, text in self.docs])
+        self.docs = list(unique.items())  # sorted by doc_id: ties go to the smaller doc_id
+        self.index = BM25Okapi([bm25_tokens(text) or [""] for _, text in self.docs]) if self.docs else None
 
     def top(self, query: str, n: int) -> list[str]:
         """Texts of the n best matches for `query`, best first; ties by doc_id (deterministic)."""

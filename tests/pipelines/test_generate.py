@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from commer import ComMer
-from pipelines.common import run_cli
+from pipelines.runtime import run_cli
 from schemas import Profile, arrow_schema, read_parquet, write_parquet
 
 RUNNER = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
@@ -182,22 +182,6 @@ def test_in_prompt_uses_more_prompt_tokens_than_commer(generated, tiny_checkpoin
     assert baseline["q5"]["personalized"] is False
 
 
-def test_in_prompt_bm25_picks_matching_documents():
-    from pipelines.in_prompt import UserDocuments, fit_documents, in_prompt_instruction
-    docs = UserDocuments([{"doc_id": d, "text": t} for d, t in DOCUMENTS["user_a"].items()])
-    assert set(docs.top("bicycle lanes council", 2)) == {DOCUMENTS["user_a"]["a1"], DOCUMENTS["user_a"]["a3"]}
-    assert docs.top("sourdough bread", 1) == [DOCUMENTS["user_a"]["a2"]]
-    assert UserDocuments([]).top("anything", 3) == []
-    # A repeated doc_id counts once.
-    twice = UserDocuments([{"doc_id": "x", "text": "alpha"}, {"doc_id": "x", "text": "alpha"}])
-    assert twice.top("alpha", 5) == ["alpha"]
-    # Whole documents are dropped, lowest-ranked first, until the prompt fits.
-    ranked = ["one two three", "four five six", "seven eight nine"]
-    # "Document 1: one two three" is 5 words: two documents + "task" = 11.
-    text, used = fit_documents(ranked, "task", lambda t: len(t.split()), max_tokens=11)
-    assert used == 2 and text == in_prompt_instruction(ranked[:2], "task")
-
-
 def _user_line(line: str) -> bool:
     try:
         return isinstance(json.loads(line).get("user_id"), str)
@@ -209,18 +193,18 @@ def test_sample_queries_are_all_valid():
     """The README's sample queries parse cleanly (one user on purpose has no documents)."""
     from pathlib import Path
 
-    from pipelines.generate import parse_record
-    from schemas import Query
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "sample_data" / "queries.jsonl"
+    from schemas import DeadLetter, Query
+    from schemas.validation import parse_record
+    path = Path(__file__).resolve().parents[2] / "pipelines" / "sample_data" / "queries.jsonl"
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    parsed = [parse_record(line, Query, str(path), "query") for line in lines]
-    assert all(dead is None for _, dead in parsed)
-    users = {q.user_id for q, _ in parsed}
+    parsed = [parse_record(line, Query, str(path)) for line in lines]
+    assert all(not isinstance(q, DeadLetter) for q in parsed)
+    users = {q.user_id for q in parsed}
     # every query user but one has documents in the sample corpus, so the README flow personalizes
     corpus_users = {json.loads(line)["user_id"] for f in path.parent.glob("documents-*.jsonl")
                     for line in f.read_text(errors="replace").splitlines() if _user_line(line)}
     assert users - corpus_users == {"user_without_documents"} and len(users) >= 6
-    assert len({q.query_id for q, _ in parsed}) == len(lines)
+    assert len({q.query_id for q in parsed}) == len(lines)
 
 
 @pytest.mark.parametrize("module", ["pipelines.generate", "pipelines.evaluate"])
@@ -233,15 +217,19 @@ def test_help_lists_the_job_flags(module, capsys):
 
 
 def test_job_flags_keep_their_own_defaults_when_all_jobs_are_loaded():
-    """Beam shares one flag parser between every imported job; each job still reads its own defaults."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipelines.evaluate import EvaluateOptions
-    from pipelines.flags import parse_flags
-    from pipelines.generate import GenerateOptions
-    PipelineOptions(["--output=x", "--batch_size=3"]).get_all_options()  # no clash between the jobs' --output
-    assert parse_flags(GenerateOptions, ["--output=x"]).batch_size == 16
-    assert parse_flags(EvaluateOptions, ["--output=x", "--batch_size=3"]).output == "x"
+    """Each job parses its own flags (parse_known_args) and hands the rest to Beam: no shared parser, no clash."""
+    from pipelines import compress_users, evaluate, generate
+    from pipelines.options import parse
+    flags, options = parse(generate.parser, ["--output=x", "--runner=DirectRunner", "--direct_num_workers=2"])
+    assert flags.batch_size == 16 and flags.output == "x"
+    assert options.get_all_options()["direct_num_workers"] == 2 and options.get_all_options()["runner"] == "DirectRunner"
+    assert parse(evaluate.parser, ["--output=x", "--batch_size=3"])[0].output == "x"
+    assert parse(compress_users.parser, [])[0].output == compress_users.DEFAULT_OUTPUT
+    assert parse(compress_users.parser, ["--batch_size=3"])[0].batch_size == 3
+    assert parse(generate.parser, [])[0].output is None
+    # One dead-letter flag name; the old one is a hidden alias.
+    assert parse(generate.parser, ["--dead_letters=d"])[0].dead_letter_output == "d"
+    assert parse(evaluate.parser, ["--dead_letter_output=d"])[0].dead_letter_output == "d"
 
 
 def test_a_table_that_is_not_profiles_is_refused(tmp_path, tiny_checkpoint, commer_cache, capsys):

@@ -1,4 +1,4 @@
-"""Evaluation arithmetic, free of Beam: ROUGE per query and mergeable aggregates.
+"""Evaluation metrics, free of Beam: ROUGE per query and mergeable aggregates.
 
 ROUGE follows LaMP's evaluation (LaMP/metrics/generation_metrics.py): both texts stripped,
 `rouge_score` with its default tokenizer and no stemmer (HF `evaluate`'s rouge default, which

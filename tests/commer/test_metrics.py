@@ -1,10 +1,10 @@
-"""Evaluation arithmetic (pipelines.metrics) without Beam: ROUGE values, mergeable aggregates."""
+"""Evaluation arithmetic (commer.metrics) without Beam: ROUGE values, mergeable aggregates."""
 import math
 import random
 
 import pytest
 
-from pipelines import metrics as m
+from commer import metrics as m
 
 # (prediction, reference, ROUGE-1 F, ROUGE-L F) without stemming, worked out by hand:
 # unigram overlap 2PR/(P+R); ROUGE-L uses the longest common subsequence instead of overlap.

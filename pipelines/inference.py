@@ -1,0 +1,264 @@
+"""The model inside Beam: one ComMer per worker process, tokenizing, length batching and the two
+RunInference handlers (compress: token ids → K×d compressions; generate: requests → predictions).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+from typing import Optional
+
+import apache_beam as beam
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from pydantic import BaseModel, Field
+from transformers import AutoTokenizer
+
+from commer import ComMer
+from commer.backbone import resolve_backbone
+from commer.checkpoint import read_config
+from commer.model import tokenize_documents
+from commer.prompting import fit_documents
+from pipelines.batching import batch_key
+from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
+from schemas import Prediction
+from schemas.validation import ValidDocument
+
+# In-prompt prompts hold whole documents: the checkpoint's instruction limit (sized for
+# ComMer's short prompts) would cut them and make the baseline look cheaper than it is.
+IN_PROMPT_MAX_TOKENS = 2048
+SORT_WINDOW_BATCHES = 64
+
+_MODELS: dict[tuple, object] = {}
+_MODELS_LOCK = threading.Lock()
+_TOKENIZERS: dict[tuple, object] = {}
+
+
+def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None):
+    """The ComMer model for these settings, loaded once per process and shared by its threads."""
+    key = (checkpoint, backbone, dtype, device, cache)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            if device == "cuda" and not torch.cuda.is_available():
+                raise CliError("--device=cuda was given but this worker has no CUDA device; use --device=cpu")
+            model = ComMer.from_pretrained(checkpoint, backbone=backbone, dtype=dtype, cache=cache)
+            _MODELS[key] = model.to(device).eval()
+        return _MODELS[key]
+
+
+def load_tokenizer(checkpoint: str, backbone: str | None, cache: str | None):
+    """The backbone's tokenizer alone (no weights), once per process: tokenizing workers stay small."""
+    key = (checkpoint, backbone, cache)
+    if key not in _TOKENIZERS:
+        config = read_config(checkpoint)
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(resolve_backbone(backbone or config.backbone, cache)))
+    return _TOKENIZERS[key]
+
+
+def tokenize(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
+    """One document by the compressor's own rule (commer.model.tokenize_documents)."""
+    ids, cut = tokenize_documents(tokenizer, [text], limit)
+    return ids[0], cut[0]
+
+
+# ---- compress ---------------------------------------------------------------------------
+
+class Tokenize(beam.DoFn):
+    """ValidDocument → (length-bucket key, (user_id, doc_id, token ids))."""
+
+    def __init__(self, checkpoint, backbone, cache, limit: int, width: int, shards: int):
+        self.args = (checkpoint, backbone, cache)
+        self.limit, self.width, self.shards = limit, width, shards
+        self.truncated, self.tokens = counter("truncated"), counter("tokens")
+
+    def setup(self):
+        self.tokenizer = load_tokenizer(*self.args)
+
+    def process(self, doc: ValidDocument):
+        ids, cut = tokenize(self.tokenizer, doc.text, self.limit)
+        if cut:
+            self.truncated.inc()
+        self.tokens.inc(len(ids))
+        yield batch_key(doc.user_id, doc.doc_id, len(ids), self.width, self.shards), (doc.user_id, doc.doc_id, ids)
+
+
+_PADDING_TOKENS = counter("padding_tokens")
+
+
+def split_batches(element, batch_size: int, window_batches: int = SORT_WINDOW_BATCHES):
+    """A length bucket's documents → batches of batch_size with near-equal lengths.
+
+    A bucket still spans `length_bucket_tokens` lengths, so batches cut in arrival order pad
+    every row up to the longest in the batch. Sorting windows of `window_batches` batches by
+    length first makes neighbours nearly equal (padding ~1 token per row) while memory stays
+    bounded by one window: the grouped values are iterated lazily (on Dataflow they stream
+    from shuffle), so a large bucket never sits in memory at once.
+
+    A plain GroupByKey, not GroupIntoBatches: the latter's processing-time timer pushes the
+    DirectRunner onto its legacy engine.
+    """
+    _, docs = element
+    window: list = []
+    for doc in docs:
+        window.append(doc)
+        if len(window) == batch_size * window_batches:
+            yield from _sorted_batches(window, batch_size)
+            window = []
+    yield from _sorted_batches(window, batch_size)
+
+
+def _sorted_batches(docs: list, batch_size: int):
+    docs.sort(key=lambda x: (len(x[2]), x[0], x[1]))
+    for start in range(0, len(docs), batch_size):
+        batch = docs[start: start + batch_size]
+        _PADDING_TOKENS.inc(len(batch) * len(batch[-1][2]) - sum(len(x[2]) for x in batch))
+        yield batch
+
+
+class Compressor:
+    """What the ModelHandler loads: the shared ComMer model behind a numpy-in, numpy-out call
+    (so it also works through large_model's cross-process proxy)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def compress(self, batch: list[list[int]]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model.compress_token_ids(batch).cpu().numpy()
+
+
+class ComMerModelHandler(ModelHandler):
+    """RunInference handler: one element = one length-bucketed batch of (user_id, doc_id, token ids).
+
+    Batches are formed upstream by length, so RunInference must not re-batch them.
+    """
+
+    def __init__(self, checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None,
+                 large_model: bool = False):
+        super().__init__()
+        self.args = (checkpoint, backbone, dtype, device, cache)
+        self.large_model = large_model
+
+    def load_model(self) -> Compressor:
+        return Compressor(shared_model(*self.args))
+
+    def run_inference(self, batch, model: Compressor, inference_args=None):
+        return [PredictionResult([(x[0], x[1]) for x in element], model.compress([x[2] for x in element]))
+                for element in batch]
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(8 * len(x[2]) for element in batch for x in element)
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def share_model_across_processes(self) -> bool:
+        return self.large_model
+
+    def get_metrics_namespace(self) -> str:
+        return INFERENCE_NAMESPACE
+
+
+def unbatch(result: PredictionResult):
+    for (user_id, doc_id), comp in zip(result.example, result.inference):
+        yield user_id, doc_id, np.asarray(comp, dtype=np.float32)
+
+
+# ---- generate ---------------------------------------------------------------------------
+
+class GenerationSettings(BaseModel):
+    """What a worker needs to generate: travels with the ModelHandler."""
+
+    checkpoint: str = Field(description="Checkpoint folder.")
+    backbone: Optional[str] = Field(None, description="Backbone override.")
+    dtype: str = Field("float32", description="Backbone precision.")
+    device: str = Field("cpu", description="cpu or cuda.")
+    cache_dir: Optional[str] = Field(None, description="Backbone cache folder.")
+    fingerprint: str = Field(description="The checkpoint's fingerprint, written on every prediction.")
+    mode: str = Field("commer", description="commer, in_prompt or none.")
+    num_documents: int = Field(4, ge=0, description="In-prompt documents per query.")
+    max_prompt_tokens: int = Field(0, ge=0, description="Prompt limit; 0 = the checkpoint's.")
+    max_new_tokens: int = Field(32, gt=0, description="Most generated tokens.")
+    do_sample: bool = Field(False, description="Sample instead of greedy.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus mass.")
+    seed: int = Field(0, description="Base sampling seed.")
+    batch_size: int = Field(16, gt=0, description="Queries per model call.")
+
+
+class _Loaded:
+    """The shared model seen with this job's prompt limit, plus an unlimited one for counting."""
+
+    def __init__(self, model, max_prompt_tokens: int):
+        self.model = _with_prompt_limit(model, max_prompt_tokens) if max_prompt_tokens else model
+        self.counter = _with_prompt_limit(model, 1 << 30)
+
+
+def _with_prompt_limit(model, limit: int):
+    # TODO(issue 10): ComMer.generate(..., max_prompt_tokens=) replaces this copy once it lands.
+    # A shallow copy shares every weight with the process-wide model; only its config differs.
+    view = copy.copy(model)
+    view.config = model.config.model_copy(update={"max_prompt_tokens": limit})
+    return view
+
+
+def sample_seed(seed: int, query_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{query_id}".encode()).digest()[:4], "little")
+
+
+class ComMerGenerator(ModelHandler):
+    """RunInference handler: a batch of requests → Prediction rows."""
+
+    def __init__(self, settings: GenerationSettings):
+        self.settings = settings
+
+    def load_model(self):
+        s = self.settings
+        model = shared_model(s.checkpoint, s.backbone, s.dtype, s.device, s.cache_dir)
+        return _Loaded(model, s.max_prompt_tokens or (IN_PROMPT_MAX_TOKENS if s.mode == "in_prompt" else 0))
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": self.settings.batch_size, "max_batch_size": self.settings.batch_size}
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(len(r["instruction"]) + (r["soft_prompt"].nbytes if r["soft_prompt"] is not None else 0)
+                   for r in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return INFERENCE_NAMESPACE
+
+    def run_inference(self, batch, model: _Loaded, inference_args=None):
+        s, m = self.settings, model.model
+        rows = list(batch)
+        instructions, doc_counts = [], []
+        for r in rows:
+            if r["documents"] is None:
+                instructions.append(r["instruction"])
+                doc_counts.append(r["doc_count"])
+            else:
+                text, used = fit_documents(r["documents"], r["instruction"],
+                                           lambda t: len(model.counter.prompt_ids(t)), m.config.max_prompt_tokens)
+                instructions.append(text)
+                doc_counts.append(used if r["documents"] else 0)
+        soft = [r["soft_prompt"] for r in rows]
+        options = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, temperature=s.temperature,
+                       top_p=s.top_p)
+        if s.do_sample:
+            # One seed per query, so a query's sample does not depend on what it was batched with.
+            texts = [m.generate([p], [x], seed=sample_seed(s.seed, r["query_id"]), **options)[0]
+                     for p, x, r in zip(soft, instructions, rows)]
+        else:
+            texts = m.generate(soft, instructions, seed=s.seed, **options)
+        scored = [i for i, r in enumerate(rows) if r["reference"] is not None]
+        perplexity = [None] * len(rows)
+        if scored:
+            values = m.perplexity([soft[i] for i in scored], [instructions[i] for i in scored],
+                                  [rows[i]["reference"] for i in scored]).tolist()
+            for i, v in zip(scored, values):
+                perplexity[i] = float(v)
+        for r, text, p, x, n, ppl in zip(rows, texts, soft, instructions, doc_counts, perplexity):
+            tokens = len(m.prompt_ids(x)) + (m.K if p is not None else 0)
+            yield Prediction(user_id=r["user_id"], query_id=r["query_id"], prediction=text,
+                             personalized=r["personalized"], doc_count=n, reference=r["reference"],
+                             perplexity=ppl, prompt_tokens=tokens, model_fingerprint=s.fingerprint).model_dump()

@@ -1,0 +1,190 @@
+"""Reading and writing for every job, on one filesystem layer (Beam's FileSystems: local, gs://, ...).
+
+    match / parquet_shards     input discovery (globs, run folders), failing early with the flag's name
+    check_fingerprints         a table made by another checkpoint is refused before anything runs
+    read_records               JSONL lines or Parquet rows → ParseRecords → records | dead letters
+    ExplodePreviousProfiles / explode_compressions   a previous run's tables → keyed inputs
+    write_tables / write_dead_letters   the sinks
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.coders import BytesCoder
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
+from apache_beam.io.textio import ReadAllFromText, WriteToText
+
+from pipelines.profile_state import Change, PreviousProfile, Update
+from pipelines.reconcile import Event
+from pipelines.runtime import CliError, counter
+from schemas import DeadLetter, read_metadata, tensor_column, to_table
+from schemas.validation import parse_record
+
+DEAD = "dead"
+IN_PROFILE = "in_profile"
+TABLES = {"Profile": "profiles", "DocumentCompression": "document compressions"}
+
+
+def _glob(pattern: str) -> list[str]:
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list if not m.path.endswith("/"))
+
+
+def match(pattern: str, flag: str) -> list[str]:
+    """The files a glob names, sorted; a CliError naming the flag when there are none."""
+    try:
+        files = _glob(pattern)
+    except Exception as exc:  # Beam raises BeamIOError/IOError variants per filesystem
+        raise CliError(f"{flag} {pattern}: cannot list files ({type(exc).__name__}: {exc})") from None
+    if not files:
+        raise CliError(f"{flag} {pattern}: no files match")
+    return files
+
+
+def parquet_shards(path: str, flag: str, run_subfolder: str) -> list[str]:
+    """A file, a glob, a shard folder, or a job's output folder with `run_subfolder`/ inside → its shards."""
+    path = path.rstrip("/")
+    if path.endswith(".parquet") or any(c in path for c in "*?["):
+        return match(path, flag)
+    for pattern in (f"{path}/{run_subfolder}/*.parquet", f"{path}/*.parquet"):
+        try:
+            found = _glob(pattern)
+        except Exception:  # a missing folder: try the next form
+            found = []
+        if found:
+            return found
+    raise CliError(f"{flag} {path}: no .parquet files there (nor under {path}/{run_subfolder}); pass the "
+                   f"job's --output folder")
+
+
+def is_parquet(path: str) -> bool:
+    return path.rstrip("/").endswith(".parquet")
+
+
+def check_fingerprints(files: Sequence[str], expected: str, flag: str, record: str,
+                       columns: Sequence[str] = ()) -> None:
+    """Refuse tables of another record type or made with another checkpoint (their vectors live in
+    another embedding space). Reads Parquet footers and the (tiny, dictionary-encoded) fingerprint
+    column only, so it stays cheap for millions of rows."""
+    for path in files:
+        with FileSystems.open(path) as f:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            meta = read_metadata(parquet.schema_arrow)
+            missing = [c for c in columns if c not in names]
+            if missing or meta.get("record", record) != record:
+                raise CliError(f"{flag}: {path} is not a {TABLES.get(record, record)} table (record "
+                               f"{meta.get('record')!r}, missing columns {missing}); pass the --output folder of "
+                               "the job that wrote it")
+            found = {meta["fingerprint"]} if meta.get("fingerprint") else set()
+            if "model_fingerprint" in names:
+                found |= set(pc.unique(parquet.read(columns=["model_fingerprint"]).column(0)).to_pylist())
+        wrong = sorted(fp for fp in found if fp != expected) or ([] if found else ["(none recorded)"])
+        if wrong:
+            raise CliError(
+                f"{flag} {path} was made with model fingerprint {', '.join(wrong)}, but the checkpoint given has "
+                f"fingerprint {expected}: its vectors are in another embedding space and cannot be merged with or "
+                "read by this one. Pass the --checkpoint that made them, or recompute them with this checkpoint")
+
+
+def parse_as_dict(record_type, raw, source: str):
+    """schemas.validation.parse_record, with the record as a plain dict (what generate and evaluate carry)."""
+    result = parse_record(raw, record_type, source)
+    return result if isinstance(result, DeadLetter) else result.model_dump(mode="python")
+
+
+class ParseRecords(beam.DoFn):
+    """(source, JSONL line | Arrow table) → `parse(raw line or row dict, source)` per record:
+    the record on the main output, or a DeadLetter on DEAD. Blank lines are not records."""
+
+    def __init__(self, parse: Callable, read: str | None, valid: str, dead: str):
+        self.parse = parse
+        self.read = counter(read) if read else None  # records read = valid + dead, when counted apart
+        self.valid, self.dead = counter(valid), counter(dead)
+
+    def process(self, element):
+        source, payload = element
+        if isinstance(payload, pa.Table):
+            raws = payload.to_pylist()
+        else:
+            raws = [payload] if payload.strip() else []
+        for raw in raws:
+            if self.read is not None:
+                self.read.inc()
+            result = self.parse(raw, source)
+            if isinstance(result, DeadLetter):
+                self.dead.inc()
+                yield beam.pvalue.TaggedOutput(DEAD, result)
+            else:
+                self.valid.inc()
+                yield result
+
+
+def read_records(p, label: str, files: Sequence[str], parse: Callable, read: str | None, valid: str, dead: str):
+    """(records, dead letters) from JSONL and Parquet files (told apart by extension)."""
+    records, dead_letters = [], []
+    for fmt, chosen in (("Jsonl", [f for f in files if not is_parquet(f)]), ("Parquet", [f for f in files if is_parquet(f)])):
+        if not chosen:
+            continue
+        reader = (ReadAllFromText(with_filename=True, coder=BytesCoder()) if fmt == "Jsonl"
+                  else ReadAllFromParquetBatched(with_filename=True))
+        parsed = (p | f"List{label}{fmt}" >> beam.Create(chosen) | f"Read{label}{fmt}" >> reader
+                  | f"Parse{label}{fmt}" >> beam.ParDo(ParseRecords(parse, read, valid, dead)).with_outputs(
+                      DEAD, main="records"))
+        records.append(parsed.records)
+        dead_letters.append(parsed[DEAD])
+    if len(records) == 1:
+        return records[0], dead_letters[0]
+    return (records | f"Flatten{label}" >> beam.Flatten(),
+            dead_letters | f"Flatten{label}DeadLetters" >> beam.Flatten())
+
+
+# ---- a previous run's tables, as compress_users' keyed inputs ----------------------------
+
+class ExplodePreviousProfiles(beam.DoFn):
+    """A table of previous profiles → the user's Update(PREVIOUS) and an IN_PROFILE event per doc_id."""
+
+    def __init__(self):
+        self.read = counter("previous_profiles_read")
+
+    def process(self, table: pa.Table):
+        sums, prompts = tensor_column(table, "soft_prompt_sum"), tensor_column(table, "soft_prompt")
+        for i, row in enumerate(table.select(["user_id", "doc_ids", "model_fingerprint", "updated_at"]).to_pylist()):
+            self.read.inc()
+            previous = PreviousProfile.from_row(row, sums[i], prompts[i])
+            yield row["user_id"], Update(Change.PREVIOUS, previous=previous)
+            for doc_id in previous.doc_ids:
+                yield beam.pvalue.TaggedOutput(IN_PROFILE, ((row["user_id"], doc_id), Event.in_profile()))
+
+
+def explode_compressions(table: pa.Table):
+    comps = tensor_column(table, "compression")
+    for i, row in enumerate(table.select(["user_id", "doc_id"]).to_pylist()):
+        yield (row["user_id"], row["doc_id"]), Event.stored(comps[i])
+
+
+class ToTable(beam.DoFn):
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+
+    def process(self, records):
+        yield to_table(records, self.schema)
+
+
+def write_tables(records, label: str, prefix: str, schema: pa.Schema, rows_per_table: int):
+    """Records → Parquet shards `prefix`-*.parquet, `rows_per_table` rows per row group."""
+    return (records
+            | f"Batch{label}" >> beam.BatchElements(min_batch_size=1, max_batch_size=rows_per_table)
+            | f"{label}ToArrow" >> beam.ParDo(ToTable(schema))
+            | f"Write{label}" >> WriteToParquetBatched(prefix, schema=schema, file_name_suffix=".parquet"))
+
+
+def write_dead_letters(dead_letters: list, folder: str, run_id: str):
+    """Every dead letter of a run → folder/dead_letters-RUN_ID-*.jsonl."""
+    return (dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+            | "DeadLettersToJson" >> beam.Map(lambda d: d.model_dump_json())
+            | "WriteDeadLetters" >> WriteToText(f"{folder}/dead_letters-{run_id}", file_name_suffix=".jsonl"))

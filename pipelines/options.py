@@ -1,0 +1,81 @@
+"""Flags the Beam way (as Beam's wordcount.py): a job parses its own flags with argparse's
+parse_known_args, and everything it does not know goes to PipelineOptions (--runner, --project,
+--num_workers, ...). No PipelineOptions subclasses, so jobs never share (or fight over) one
+global flag parser, whatever else is imported into the process.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.runtime import CliError
+
+# With no --runner, jobs run on the FnApiRunner: the engine Beam 2.77's DirectRunner uses for
+# batch pipelines, minus its first step of downloading the Prism runner binary from GitHub
+# (which hangs or fails on machines without internet, e.g. batch workers behind a firewall).
+LOCAL_RUNNER = "FnApiRunner"
+DEAD_LETTER_FLAG = "--dead_letter_output"
+
+
+def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog, description=description, add_help=False, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any Beam pipeline flag (--runner, --project, --region, --temp_location, --setup_file, "
+               "--num_workers, --direct_num_workers, ...) is also accepted.")
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that choose and place the ComMer model (every job that runs the model)."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--checkpoint", default=None,
+                       help="ComMer checkpoint folder (local or gs://). Default: the checkpoint bundled with the "
+                            "package (a seeded untrained one if none is bundled).")
+    group.add_argument("--backbone", default=None,
+                       help="Override the checkpoint's backbone reference (an HF folder, local or gs://). It must "
+                            "be the same model: its content hash is checked.")
+    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="Backbone precision.")
+    group.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where the model runs on each worker.")
+    group.add_argument("--cache_dir", default=None,
+                       help="Where converted/downloaded backbones are cached (default $COMMER_CACHE_DIR or "
+                            "~/.cache/commer).")
+
+
+def add_dead_letter_flag(parser) -> None:
+    """The one dead-letter flag of every job (--dead_letters is kept as a hidden alias)."""
+    parser.add_argument(DEAD_LETTER_FLAG, dest="dead_letter_output", default=None,
+                        help="Folder for rejected records as JSONL (stage, reason, ids, raw record). Default: "
+                             "OUTPUT/dead_letters. It may contain document text: protect it like the input.")
+    parser.add_argument("--dead_letters", dest="dead_letter_output", help=argparse.SUPPRESS)
+
+
+def with_local_runner(argv: Sequence[str]) -> list[str]:
+    """argv with the local runner added when no runner was named."""
+    argv = list(argv)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in argv):
+        argv.append(f"--runner={LOCAL_RUNNER}")
+    return argv
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str],
+          required: Sequence[str] = ()) -> tuple[argparse.Namespace, PipelineOptions]:
+    """(the job's flags, PipelineOptions from every other argument); `required` flags must be given."""
+    flags, rest = parser.parse_known_args(list(argv))
+    for name in required:
+        if not getattr(flags, name):
+            raise CliError(f"--{name} is required (see --help)")
+    return flags, PipelineOptions(with_local_runner(rest))
+
+
+def wants_help(parser: argparse.ArgumentParser, argv: Sequence[str]) -> bool:
+    """Print the job's --help when asked; True if it did."""
+    if "--help" in argv or "-h" in argv:
+        parser.print_help()
+        return True
+    return False
+
+
+def dead_letter_folder(flags) -> str:
+    return (flags.dead_letter_output or f"{flags.output.rstrip('/')}/dead_letters").rstrip("/")

@@ -1,0 +1,108 @@
+"""The job skeleton every ComMer Beam job shares: CLI errors, the checkpoint, run id, running,
+counters (one namespace), the summary file and the removal of an earlier run's shards.
+
+    plan (checks, before anything runs) → run_pipeline → counters → summary → remove_stale_shards
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+from commer import BackboneError, CheckpointError
+from commer.checkpoint import read_config
+from commer.config import ComMerConfig
+from commer.defaults import default_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Every job's counters live in this namespace (RunInference's own metrics in INFERENCE_NAMESPACE).
+NAMESPACE = "commer"
+INFERENCE_NAMESPACE = "commer_inference"
+
+
+class CliError(Exception):
+    """A user error with a fix; the CLI prints it (naming the flag) without a traceback."""
+
+
+def counter(name: str):
+    return Metrics.counter(NAMESPACE, name)
+
+
+def counters(*names: str) -> dict:
+    """A DoFn's counters by name (all in NAMESPACE)."""
+    return {name: counter(name) for name in names}
+
+
+def checkpoint_config(flags) -> tuple[str, ComMerConfig]:
+    """The checkpoint the model flags name (default: the bundled one) and its config; it must have a fingerprint."""
+    checkpoint = flags.checkpoint or default_checkpoint(flags.cache_dir)
+    config = read_config(checkpoint)
+    if not config.fingerprint:
+        raise CliError(f"--checkpoint {checkpoint} records no fingerprint; re-save it with save_pretrained")
+    return checkpoint, config
+
+
+def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a job's main; user errors print one clear line and exit 2, never a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = main(list(sys.argv[1:] if argv is None else argv))
+    except (CliError, BackboneError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
+
+
+def counter_values(result, names=()) -> dict[str, int]:
+    """A finished pipeline's counters (NAMESPACE), summed over steps (`names` default to 0)."""
+    values = {name: 0 for name in names}
+    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        # Some runners only report attempted values.
+        value = c.committed if c.committed is not None else c.attempted
+        values[c.key.metric.name] = values.get(c.key.metric.name, 0) + int(value or 0)
+    return values
+
+
+def new_run_id() -> str:
+    """A sortable, unique id for one run; every shard the run writes carries it in its name."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def run_pipeline(options, build: Callable, *args):
+    """Build a pipeline with `build(pipeline, *args)`, run it to the end; (result, seconds)."""
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, *args)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result, time.perf_counter() - started
+
+
+def remove_stale_shards(folder: str, run_id: str, pattern: str) -> None:
+    """Delete the shards matching folder/pattern that an earlier run left (names without run_id).
+
+    Called only after this run succeeded, so a failed run never leaves a folder without its
+    previous output, and a rerun that writes fewer shards leaves none of the old ones mixed in."""
+    try:
+        found = FileSystems.match([f"{folder}/{pattern}"])[0].metadata_list
+    except Exception:  # the folder does not exist yet
+        return
+    stale = [m.path for m in found if run_id not in m.path.rsplit("/", 1)[-1]]
+    if stale:
+        FileSystems.delete(stale)
+
+
+def write_json(path: str, data: dict) -> None:
+    """A small JSON file (summary, metrics) on any filesystem Beam knows."""
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(data, indent=2).encode())
