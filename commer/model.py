@@ -249,14 +249,14 @@ class ComMer(nn.Module):
         return [merged[i] if len(docs) else None for i, docs in enumerate(documents)]
 
     def answer_nll(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
-                   answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+                   answers: Sequence[str], max_prompt_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example summed negative log-likelihood of the answer tokens, and their count.
 
         Only answer tokens are scored (the paper's loss). Logits are computed only at the
         positions that predict them, not over the whole sequence.
         """
         answer_rows = [self.answer_ids(a) for a in answers]
-        token_rows = [self.prompt_ids(x) + a for x, a in zip(instructions, answer_rows)]
+        token_rows = [self.prompt_ids(x, max_prompt_tokens) + a for x, a in zip(instructions, answer_rows)]
         embeds, mask, positions = self._generator_batch(soft_prompts, token_rows)
         with self.lm.disable_adapter():
             hidden = self.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
@@ -279,9 +279,9 @@ class ComMer(nn.Module):
 
     @torch.inference_mode()
     def perplexity(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
-                   answers: Sequence[str]) -> torch.Tensor:
+                   answers: Sequence[str], max_prompt_tokens: int | None = None) -> torch.Tensor:
         """Per-example perplexity of a reference answer given a soft prompt."""
-        nll, count = self.answer_nll(soft_prompts, instructions, answers)
+        nll, count = self.answer_nll(soft_prompts, instructions, answers, max_prompt_tokens)
         return torch.exp(nll / count).cpu()
 
     # ---- generation ---------------------------------------------------------------------

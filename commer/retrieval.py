@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from commer.merge import merge_all
+from commer.prompting import bm25_top
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -54,29 +55,13 @@ def order_by_doc_id(doc_ids: Sequence[str], compressions, texts: Optional[Sequen
 
 
 # ---- lexical -------------------------------------------------------------------------------
-def _bm25_top(query: str, corpus: Sequence[str], n: int) -> list[int]:
-    """LaMP's BM25 rule, exactly as training.tasks.base.bm25_top (whitespace tokens, stable ties).
-
-    TEMPORARY: commer may not import training or pipelines (DESIGN.md, layers), and BM25 is
-    being consolidated into commer/prompting.py by another engineer. When that lands, replace
-    this body with a call to it; tests/commer/test_retrieval.py pins that both agree.
-    """
-    if n <= 0 or not corpus:
-        return []
-    from rank_bm25 import BM25Okapi
-
-    tokenized = [c.split() or [""] for c in corpus]   # BM25Okapi divides by mean length: no empty lists
-    scores = BM25Okapi(tokenized).get_scores(query.split())
-    return sorted(range(len(corpus)), key=lambda i: -float(scores[i]))[:n]
-
-
 def top_m_by_bm25(instruction: str, texts: Sequence[str], m: int) -> list[int]:
     """Indices of the m documents whose texts best match the instruction, best first.
 
     A thin call to the project's BM25 rule, so it can be re-pointed in one place.
     m >= len(texts) returns every index (ranked); ties keep position order.
     """
-    return _bm25_top(instruction, list(texts), _check_m(m))
+    return bm25_top(instruction, list(texts), _check_m(m))
 
 
 # ---- embedding space -----------------------------------------------------------------------

@@ -3,7 +3,6 @@ RunInference handlers (compress: token ids → K×d compressions; generate: requ
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import threading
 from typing import Optional
@@ -188,19 +187,11 @@ class GenerationSettings(BaseModel):
 
 
 class _Loaded:
-    """The shared model seen with this job's prompt limit, plus an unlimited one for counting."""
+    """The shared model and the prompt limit this job reads instructions with."""
 
     def __init__(self, model, max_prompt_tokens: int):
-        self.model = _with_prompt_limit(model, max_prompt_tokens) if max_prompt_tokens else model
-        self.counter = _with_prompt_limit(model, 1 << 30)
-
-
-def _with_prompt_limit(model, limit: int):
-    # TODO(issue 10): ComMer.generate(..., max_prompt_tokens=) replaces this copy once it lands.
-    # A shallow copy shares every weight with the process-wide model; only its config differs.
-    view = copy.copy(model)
-    view.config = model.config.model_copy(update={"max_prompt_tokens": limit})
-    return view
+        self.model = model
+        self.max_prompt_tokens = max_prompt_tokens or None
 
 
 def sample_seed(seed: int, query_id: str) -> int:
@@ -229,7 +220,7 @@ class ComMerGenerator(ModelHandler):
         return INFERENCE_NAMESPACE
 
     def run_inference(self, batch, model: _Loaded, inference_args=None):
-        s, m = self.settings, model.model
+        s, m, limit = self.settings, model.model, model.max_prompt_tokens
         rows = list(batch)
         instructions, doc_counts = [], []
         for r in rows:
@@ -238,12 +229,12 @@ class ComMerGenerator(ModelHandler):
                 doc_counts.append(r["doc_count"])
             else:
                 text, used = fit_documents(r["documents"], r["instruction"],
-                                           lambda t: len(model.counter.prompt_ids(t)), m.config.max_prompt_tokens)
+                                           lambda t: len(m.prompt_ids(t, 1 << 30)), limit or m.config.max_prompt_tokens)
                 instructions.append(text)
                 doc_counts.append(used if r["documents"] else 0)
         soft = [r["soft_prompt"] for r in rows]
         options = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, temperature=s.temperature,
-                       top_p=s.top_p)
+                       top_p=s.top_p, max_prompt_tokens=limit)
         if s.do_sample:
             # One seed per query, so a query's sample does not depend on what it was batched with.
             texts = [m.generate([p], [x], seed=sample_seed(s.seed, r["query_id"]), **options)[0]
@@ -254,11 +245,11 @@ class ComMerGenerator(ModelHandler):
         perplexity = [None] * len(rows)
         if scored:
             values = m.perplexity([soft[i] for i in scored], [instructions[i] for i in scored],
-                                  [rows[i]["reference"] for i in scored]).tolist()
+                                  [rows[i]["reference"] for i in scored], max_prompt_tokens=limit).tolist()
             for i, v in zip(scored, values):
                 perplexity[i] = float(v)
         for r, text, p, x, n, ppl in zip(rows, texts, soft, instructions, doc_counts, perplexity):
-            tokens = len(m.prompt_ids(x)) + (m.K if p is not None else 0)
+            tokens = len(m.prompt_ids(x, limit)) + (m.K if p is not None else 0)
             yield Prediction(user_id=r["user_id"], query_id=r["query_id"], prediction=text,
                              personalized=r["personalized"], doc_count=n, reference=r["reference"],
                              perplexity=ppl, prompt_tokens=tokens, model_fingerprint=s.fingerprint).model_dump()

@@ -9,7 +9,6 @@ from commer.merge import merge_all
 from commer.recency import recency_merge_all
 from commer.retrieval import (cosine_similarities, order_by_doc_id, retrieved_soft_prompt, top_m_by_bm25,
                               top_m_by_similarity)
-from training.tasks.base import bm25_top
 
 K, D = 4, 8
 TEXTS = ["the cat sat on the mat", "stock markets fell sharply today", "my cat loves fish",
@@ -25,13 +24,6 @@ def test_bm25_ranks_matching_documents_first():
     top = top_m_by_bm25("cat fish", TEXTS, 2)
     assert top[0] == 2 and set(top) <= {0, 2, 4}
     assert top_m_by_bm25("markets", TEXTS, 1) in ([1], [4])
-
-
-def test_bm25_is_the_training_rule():
-    """Pinned to LaMP's rule in training.tasks.base until BM25 lives in commer.prompting."""
-    for query in ("cat", "markets today", "nothing matches", "the", ""):
-        for m in (0, 1, 3, 10):
-            assert top_m_by_bm25(query, TEXTS, m) == bm25_top(query, TEXTS, m)
 
 
 def test_bm25_edge_cases():

@@ -7,7 +7,7 @@ import pytest
 from training.config import ConfigError
 from training.recipe import RecipeConfig, main, parse_duration, run
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "training"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "training"
 
 
 def test_parse_duration():
