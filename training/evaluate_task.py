@@ -8,6 +8,8 @@ Methods:
     commer          ComMer checkpoint: documents compressed, mean-merged, soft prompt + instruction
     none            no personalization: the instruction alone (frozen backbone)
     prompt_tuning   a trained prompt-tuning folder: soft prompt + documents as text + instruction
+    commer_concat   ComMer with the compressions concatenated (n·K soft tokens) instead of averaged
+    text            documents as text before the instruction, frozen backbone, no soft prompt
 The same examples are scored at every number of documents: they are retrieved once at the
 largest n (BM25 order, best first) and cut to the first n, and the 2,900-character filter is
 applied at the largest n.
@@ -21,6 +23,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -35,8 +38,25 @@ def prompt_tokens(model, method: str, documents: list[str], instruction: str) ->
     if method == "prompt_tuning":
         from training.prompt_tuning import documents_as_text
         return model.soft_prompt.shape[0] + len(model.base.prompt_ids(documents_as_text(documents, instruction)))
-    soft = model.K if method == "commer" and documents else 0
+    if method == "text":
+        from training.prompt_tuning import documents_as_text
+        with text_prompt_limit(model):
+            return len(model.prompt_ids(documents_as_text(documents, instruction)))
+    soft = model.K * (len(documents) if method == "commer_concat" else 1) if method != "none" and documents else 0
     return soft + len(model.prompt_ids(instruction))
+
+
+@contextmanager
+def text_prompt_limit(model):
+    """Documents as text need the prompt-tuning prompt limit, not the checkpoint's (which would
+    cut the documents from the left); restored afterwards."""
+    from training.prompt_tuning import MAX_PROMPT_TOKENS
+    saved = model.config
+    model.config = saved.model_copy(update={"max_prompt_tokens": max(saved.max_prompt_tokens, MAX_PROMPT_TOKENS)})
+    try:
+        yield model
+    finally:
+        model.config = saved
 
 
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -47,43 +67,82 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
     return {"rouge1": sum(s["rouge1"] for s in scores) / n, "rougeL": sum(s["rougeL"] for s in scores) / n}
 
 
+def soft_prompts(model, method: str, documents: list[list[str]]) -> list:
+    """The generator's soft prompt per example: mean of the compressions (commer), their
+    concatenation, n·K rows (commer_concat, the paper's Figure 7), or none."""
+    if method in ("none", "text"):
+        return [None] * len(documents)
+    if method == "commer_concat":
+        from commer.merge import concat_merge
+        flat = [d for docs in documents for d in docs]
+        if not flat:
+            return [None] * len(documents)
+        compressions = model.compress_token_ids(model.tokenize_documents(flat)[0])
+        out, at = [], 0
+        for docs in documents:
+            out.append(concat_merge(list(compressions[at: at + len(docs)])) if docs else None)
+            at += len(docs)
+        return out
+    return model.merge_documents(documents)
+
+
 @torch.no_grad()
-def evaluate(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,
-             max_new_tokens: int = 24, generate: bool = True) -> dict:
-    """Perplexity (token-level and mean per example) and ROUGE-1/L of greedy answers."""
+def score_examples(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,
+                   max_new_tokens: int = 24, generate: bool = True, progress=None) -> dict:
+    """Per example: summed answer NLL, answer tokens, prompt tokens, and (if generate) the greedy answer.
+
+    Methods: commer, commer_concat, none (instruction only), text (documents as text, frozen
+    backbone, no soft prompt), prompt_tuning. `progress(done, total)` is called after each batch.
+    """
     model.eval()
-    total_nll = total_tokens = 0.0
-    per_example: list[float] = []
-    prompt_lengths: list[int] = []
-    predictions: list[str] = []
+    out = {"nll": [], "tokens": [], "prompt_tokens": [], "documents": [], "predictions": []}
     started = time.time()
     for start in range(0, len(examples), batch_size):
         batch = examples[start: start + batch_size]
-        docs = [e.documents[:num_documents] for e in batch]
+        docs = [e.documents[:num_documents] if method != "none" else [] for e in batch]
         ins = [e.instruction for e in batch]
         ans = [e.answer for e in batch]
-        prompt_lengths += [prompt_tokens(model, method, d, x) for d, x in zip(docs, ins)]
+        out["prompt_tokens"] += [prompt_tokens(model, method, d, x) for d, x in zip(docs, ins)]
+        out["documents"] += [len(d) for d in docs]
         if method == "prompt_tuning":
             nll, count = model.answer_nll(docs, ins, ans)
             if generate:
-                predictions += model.generate(docs, ins, max_new_tokens=max_new_tokens)
+                out["predictions"] += model.generate(docs, ins, max_new_tokens=max_new_tokens)
+        elif method == "text":
+            from training.prompt_tuning import documents_as_text
+            prompts = [documents_as_text(d, x) for d, x in zip(docs, ins)]
+            with text_prompt_limit(model):
+                nll, count = model.answer_nll([None] * len(batch), prompts, ans)
+                if generate:
+                    out["predictions"] += model.generate([None] * len(batch), prompts, max_new_tokens=max_new_tokens)
         else:
-            soft = [None] * len(batch) if method == "none" else model.merge_documents(docs)
+            soft = soft_prompts(model, method, docs)
             nll, count = model.answer_nll(soft, ins, ans)
             if generate:
-                predictions += model.generate(soft, ins, max_new_tokens=max_new_tokens)
-        total_nll += float(nll.sum())
-        total_tokens += float(count.sum())
-        per_example += torch.exp(nll / count).tolist()
+                out["predictions"] += model.generate(soft, ins, max_new_tokens=max_new_tokens)
+        out["nll"] += nll.float().cpu().tolist()
+        out["tokens"] += count.cpu().tolist()
+        if progress is not None:
+            progress(min(start + batch_size, len(examples)), len(examples))
+    out["seconds"] = round(time.time() - started, 1)
+    return out
+
+
+def evaluate(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,
+             max_new_tokens: int = 24, generate: bool = True) -> dict:
+    """Perplexity (token-level and mean per example) and ROUGE-1/L of greedy answers."""
+    scored = score_examples(model, method, examples, num_documents, batch_size, max_new_tokens, generate)
+    nll, tokens = scored["nll"], scored["tokens"]
+    per_example = [math.exp(a / b) for a, b in zip(nll, tokens)]
     result = {
         "method": method, "num_documents": num_documents if method != "none" else 0, "examples": len(examples),
-        "perplexity": math.exp(total_nll / max(total_tokens, 1.0)),
+        "perplexity": math.exp(sum(nll) / max(sum(tokens), 1.0)),
         "mean_example_perplexity": sum(per_example) / max(len(per_example), 1),
-        "mean_prompt_tokens": sum(prompt_lengths) / max(len(prompt_lengths), 1),
-        "seconds": round(time.time() - started, 1),
+        "mean_prompt_tokens": sum(scored["prompt_tokens"]) / max(len(examples), 1),
+        "seconds": scored["seconds"],
     }
     if generate:
-        result.update(rouge_scores(predictions, [e.answer for e in examples]))
+        result.update(rouge_scores(scored["predictions"], [e.answer for e in examples]))
     return result
 
 
@@ -106,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_data", nargs="*", default=[], help="LaMP: dev questions JSON (used as the test split).")
     p.add_argument("--val_outputs", default=None, help="LaMP: dev outputs JSON.")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--method", default="commer", choices=["commer", "none", "prompt_tuning"])
+    p.add_argument("--method", default="commer", choices=["commer", "commer_concat", "none", "text", "prompt_tuning"])
     p.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled default) "
                                                       "or prompt-tuning folder.")
     p.add_argument("--num_documents", nargs="+", type=int, default=[4], help="Documents per example (several allowed).")
@@ -145,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         row = evaluate(model, args.method, examples, n, args.batch_size, args.max_new_tokens, not args.no_generate)
         row["label"] = args.label or args.method
         row["checkpoint"] = args.checkpoint
-        if args.method == "commer":
+        if args.method != "prompt_tuning":
             row["trained"] = bool(model.config.trained)
         rows.append(row)
         print(json.dumps(row), flush=True)
