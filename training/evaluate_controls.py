@@ -88,14 +88,6 @@ def other_author_examples(examples: list[Example], articles: dict[str, list[dict
     return out
 
 
-def probe_documents(articles: dict[str, list[dict]], limit: int, seed: int = 0, max_chars: int = 150) -> list[str]:
-    """Held-out short descriptions (≤150 characters) of test authors, deduplicated, seeded order."""
-    docs = sorted({r["short_description"].strip() for rows in articles.values() for r in rows
-                   if 0 < len(r["short_description"].strip()) <= max_chars})
-    random.Random(seed).shuffle(docs)
-    return docs[:limit] if limit else docs
-
-
 # ---- statistics --------------------------------------------------------------------------
 
 def token_perplexity(nll: np.ndarray, tokens: np.ndarray, idx: np.ndarray | None = None):
@@ -393,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_generate", action="store_true", help="Perplexity only (skip greedy decoding/ROUGE).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device for every model (e.g. cuda).")
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--output", required=True, help="Output folder.")
     return p
@@ -416,7 +409,7 @@ def run(args) -> dict:
                     len(examples), largest, args.max_examples)
     articles = test_articles(args.data)
     checkpoint = args.checkpoint or default_checkpoint(args.cache_dir)
-    model = ComMer.from_pretrained(checkpoint, cache=args.cache_dir)
+    model = ComMer.from_pretrained(checkpoint, cache=args.cache_dir).to(args.device)
     skipped: list[str] = []
 
     plan = [("none", "none", "none", 0, examples)]
@@ -442,7 +435,7 @@ def run(args) -> dict:
         if method == "prompt_tuning":
             path = pt_nodocs if group == "prompt_tuning_nodocs" else args.prompt_tuning
             if path not in pt_models:
-                pt_models[path] = PromptTuning.from_pretrained(path, cache=args.cache_dir)
+                pt_models[path] = PromptTuning.from_pretrained(path, cache=args.cache_dir).to(args.device)
             scorer = pt_models[path]
         rows.append(score_row(label, group, scorer, method, exs, n, args))
     reference = next(r for r in rows if r["label"] == REFERENCE)
@@ -454,8 +447,8 @@ def run(args) -> dict:
         extras["fit"] = {"n": [r["num_documents"] for r in own],
                          **fit_power_law([r["num_documents"] for r in own], [r["perplexity"] for r in own])}
     if args.probe_examples:
-        from training.probes import reconstruction_perplexity
-        docs = probe_documents(articles, 0, args.seed)
+        from training.probes import news_documents, reconstruction_perplexity
+        docs = news_documents(args.data, "test", seed=args.seed)
         print(f"[probe] reconstruction, m = {args.probe_merged}", file=sys.stderr, flush=True)
         extras["probe"] = [reconstruction_perplexity(model, docs, m, args.probe_examples, args.seed, args.batch_size,
                                                      reference=(j == 0))
@@ -466,7 +459,7 @@ def run(args) -> dict:
         fig_args.no_generate = True
         table: dict[str, dict[str, float]] = {"1": {}, "4": {}}
         for n, path in ((1, args.checkpoint_n1), (4, args.checkpoint_n4)):
-            trained_on = ComMer.from_pretrained(path, cache=args.cache_dir)
+            trained_on = ComMer.from_pretrained(path, cache=args.cache_dir).to(args.device)
             for m in (1, 4):
                 row = score_row(f"train {n} / test {m}", "figure6", trained_on, "commer", examples, m, fig_args)
                 table[str(m)][str(n)] = row["perplexity"]

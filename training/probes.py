@@ -12,7 +12,8 @@ seeded distractors from the same pool, and the target's position is seeded), so 
 for 1, 2, 4, ... merged documents are paired. Cheap enough to run during training as a
 leading indicator:
 
-    from training.probes import reconstruction_perplexity
+    from training.probes import news_documents, reconstruction_perplexity
+    documents = news_documents(["news_category_v3_subset.jsonl", "news_category_v2_extra.jsonl"])
     reconstruction_perplexity(model, documents, num_merged=4, num_examples=64)["perplexity"]
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Sequence
 import torch
 
 from training.tasks.base import Example
+from training.tasks.pretraining import DOC_CHARS
 
 DOC_PREFIX = "Document {}: "
 QUERY = "What does document {} contain?"
@@ -53,6 +55,18 @@ def reconstruction_examples(documents: Sequence[str], num_merged: int, num_examp
             example_id=f"reconstruct-{t}-of-{num_merged}",
         ))
     return examples
+
+
+def news_documents(data, split: str = "test", limit: int | None = None, seed: int = 0,
+                   max_chars: int = DOC_CHARS) -> list[str]:
+    """Held-out probe documents: the HuffPost short descriptions (≤150 characters) of the news
+    task's `split` authors (test by default: never trained on), deduplicated, in a seeded order."""
+    from training.tasks import news
+    docs = sorted({r["short_description"].strip() for author, rows in news.read_articles(data).items()
+                   if news.split_of(author, news.FRACTIONS) == split for r in rows
+                   if 0 < len(r["short_description"].strip()) <= max_chars})
+    random.Random(seed).shuffle(docs)
+    return docs[:limit] if limit else docs
 
 
 @torch.no_grad()

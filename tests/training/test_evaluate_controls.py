@@ -146,3 +146,13 @@ def test_reconstruction_probe(tiny_model):
     result = reconstruction_perplexity(tiny_model, docs, 4, num_examples=5, reference=True)
     assert tiny_model.training  # mode restored
     assert result["examples"] == 5 and result["perplexity"] > 1 and result["reference_perplexity"] > 1
+
+
+def test_probe_documents_are_test_authors_short_descriptions(tmp_path):
+    from training.probes import news_documents
+    data = tmp_path / "news.jsonl"
+    authors = write_huffpost(data)
+    docs = news_documents(str(data))
+    assert len(docs) == 3 * len(TOPICS) and docs == news_documents(str(data))
+    assert all(d.split(" on ")[0] in authors and len(d) <= 150 for d in docs)
+    assert news_documents(str(data), limit=5) == docs[:5]
