@@ -145,7 +145,8 @@ def fit_power_law(ns: list[int], ppl: list[float]) -> dict:
         try:
             from scipy.optimize import curve_fit
             p0 = (max(y[0] - y[-1], 1e-3), -0.5, float(y.min()) * 0.9)
-            (pa, pb, pc), _ = curve_fit(lambda n, a, b, c: a * n ** b + c, x, y, p0=p0, maxfev=20000)
+            (pa, pb, pc), _ = curve_fit(lambda n, a, b, c: a * n ** b + c, x, y, p0=p0, maxfev=20000,
+                                        bounds=([-np.inf, -5.0, -np.inf], [np.inf, 5.0, np.inf]))
             out["power"] = {"a": float(pa), "b": float(pb), "c": float(pc), "r2": r2(pa * x ** pb + pc)}
         except Exception as exc:  # no convergence: the log-log line still stands
             log.warning("power-law fit with offset did not converge (%s)", exc.__class__.__name__)
@@ -324,7 +325,11 @@ def plot_all(folder: Path, rows: list[dict], extras: dict) -> list[str]:
             ax.axhline(probe[0]["reference_perplexity"], color="C7", ls="--",
                        label=f"no soft prompt ({probe[0]['reference_perplexity']:.1f})")
         count_axis(ax, ms)
-        ax.set_yscale("log")
+        values = [p["perplexity"] for p in probe] + [probe[0].get("reference_perplexity", probe[0]["perplexity"])]
+        if max(values) / max(min(values), 1e-9) > 10:
+            from matplotlib.ticker import ScalarFormatter
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("documents merged (m)")
         ax.set_ylabel("reconstruction perplexity of one document")
         ax.set_title("Knowledge probe: reading one document back out of a merge")
@@ -346,7 +351,8 @@ def plot_all(folder: Path, rows: list[dict], extras: dict) -> list[str]:
             ax.annotate(f"{r['perplexity']:.2f}", (xi, r["perplexity"]), textcoords="offset points", xytext=(10, 4),
                         fontsize=8)
         ax.set_xticks(x)
-        ax.set_xticklabels([r["label"] for r in bars], fontsize=9)
+        import textwrap
+        ax.set_xticklabels([textwrap.fill(r["label"], 14) for r in bars], fontsize=9)
         low = min(r["perplexity"] - l for r, l in zip(bars, lo))
         high = max(r["perplexity"] + h for r, h in zip(bars, hi))
         ax.set_ylim(max(0.0, low - 0.5 * (high - low) - 1e-3), high + 0.25 * (high - low) + 1e-3)
