@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import random
+import re
 import shlex
 import sys
 from dataclasses import replace
@@ -179,8 +180,40 @@ def score_row(label: str, group: str, model, method: str, examples: list[Example
         for metric in ("rouge1", "rougeL"):
             row[f"_{metric}"] = np.asarray([s[metric] for s in scores], float)
             row[metric] = float(row[f"_{metric}"].mean())
-    log.info("%s: perplexity %.3f (%.1f s)", label, row["perplexity"], row["seconds"])
+    log.info("%s: perplexity %.3f%s (%.1f s)", label, row["perplexity"],
+             "" if args.no_generate else f", ROUGE-1 {row['rouge1']:.4f}, ROUGE-L {row['rougeL']:.4f}", row["seconds"])
     return row
+
+
+class RowCache:
+    """Each scored row (with its per-example arrays) saved as it finishes, so a killed run can
+    go on with --resume; rows are reused only when the run's signature (checkpoint, data,
+    examples, settings) is the same."""
+
+    def __init__(self, folder: Path, signature: dict):
+        self.folder, self.signature = folder, signature
+
+    def _path(self, label: str) -> Path:
+        return self.folder / (re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") + ".json")
+
+    def get(self, label: str) -> dict | None:
+        path = self._path(label)
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        if saved.get("signature") != self.signature:
+            return None
+        row = saved["row"]
+        for key, values in saved["arrays"].items():
+            row[key] = np.asarray(values, float)
+        return row
+
+    def put(self, row: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        arrays = {k: v.tolist() for k, v in row.items() if k.startswith("_")}
+        tmp = self._path(row["label"]).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"signature": self.signature, "row": public(row), "arrays": arrays}))
+        os.replace(tmp, self._path(row["label"]))
 
 
 def public(row: dict) -> dict:
@@ -394,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device for every model (e.g. cuda).")
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--output", required=True, help="Output folder.")
+    p.add_argument("--resume", action="store_true", help="Reuse rows an earlier, interrupted run of the same "
+                                                         "settings saved in OUTPUT/partial/.")
     return p
 
 
@@ -433,10 +468,21 @@ def run(args) -> dict:
         plan += [(f"prompt tuning text {n}", "prompt_tuning_text", "prompt_tuning", n, examples)
                  for n in args.prompt_tuning_documents]
 
+    folder = Path(args.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = RowCache(folder / "partial", {
+        "checkpoint": checkpoint, "fingerprint": model.config.fingerprint, "data": [str(d) for d in args.data],
+        "examples": [e.example_id for e in examples], "other_documents": args.other_documents,
+        "no_generate": args.no_generate, "max_new_tokens": args.max_new_tokens,
+        "prompt_tuning": args.prompt_tuning, "prompt_tuning_nodocs": args.prompt_tuning_nodocs})
     pt_models: dict[str, PromptTuning] = {}
     rows = []
     for i, (label, group, method, n, exs) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {label}", file=sys.stderr, flush=True)
+        if args.resume and (done := partial.get(label)) is not None:
+            log.info("%s: kept from an earlier run (--resume)", label)
+            rows.append(done)
+            continue
         scorer = model
         if method == "prompt_tuning":
             path = pt_nodocs if group == "prompt_tuning_nodocs" else args.prompt_tuning
@@ -444,6 +490,7 @@ def run(args) -> dict:
                 pt_models[path] = PromptTuning.from_pretrained(path, cache=args.cache_dir).to(args.device)
             scorer = pt_models[path]
         rows.append(score_row(label, group, scorer, method, exs, n, args))
+        partial.put(rows[-1])
     reference = next(r for r in rows if r["label"] == REFERENCE)
     bootstrap(rows, reference, next(r for r in rows if r["group"] == "other"), args.resamples, args.seed)
 
@@ -481,8 +528,6 @@ def run(args) -> dict:
               "checkpoint": checkpoint, "trained": bool(model.config.trained), "fingerprint": model.config.fingerprint,
               "examples": len(examples), "authors": len({e.user_id for e in examples}), "largest_n": largest,
               "resamples": args.resamples, "seed": args.seed, "no_generate": args.no_generate, "skipped": skipped}
-    folder = Path(args.output)
-    folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "rows.jsonl", "w") as f:
         f.write(json.dumps({"kind": "header", **header, "rouge": None if args.no_generate else ROUGE_NOTE}) + "\n")
         for row in rows:

@@ -102,6 +102,13 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
     for name in ("perplexity_vs_documents.png", "reconstruction_vs_merged.png", "own_other_none.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # --resume reuses the saved rows (same numbers, nothing rescored) when the settings match.
+    args.resume, args.probe_examples, args.checkpoint_n1 = True, 0, None
+    again = evaluate_controls.run(args)
+    assert [(r["label"], r["perplexity"], r["seconds"], r["rougeL"]) for r in again["rows"]] == \
+        [(r["label"], r["perplexity"], r["seconds"], r["rougeL"]) for r in result["rows"]]
+    assert again["rows"][4]["delta_perplexity_ci"] == [0.0, 0.0]
+
 
 def test_other_author_documents_come_from_another_test_author(tmp_path):
     data = tmp_path / "news.jsonl"
