@@ -42,7 +42,12 @@ def prompt_tokens(model, method: str, documents: list[str], instruction: str) ->
         from training.prompt_tuning import documents_as_text
         with text_prompt_limit(model):
             return len(model.prompt_ids(documents_as_text(documents, instruction)))
-    soft = model.K * (len(documents) if method == "commer_concat" else 1) if method != "none" and documents else 0
+    if method == "none" or not documents:
+        soft = 0
+    elif method == "commer_concat":
+        soft = model.K * len(documents)  # n·K rows
+    else:
+        soft = model.K  # one mean soft prompt, whatever n
     return soft + len(model.prompt_ids(instruction))
 
 
