@@ -245,7 +245,7 @@ def write_table(path: Path, rows: list[dict], extras: dict, header: dict) -> str
              f"({header['resamples']} resamples of examples, seed {header['seed']}); Δ is the row minus "
              f"**{REFERENCE}**. " + (f"Greedy decoding, {ROUGE_NOTE}." if generated else "ROUGE skipped (--no_generate)."),
              ""]
-    cols = ["Row", "Docs", "Prompt tokens", "Perplexity [95% CI]", "Δ perplexity [95% CI]"]
+    cols = ["Row", "Docs used (mean)", "Prompt tokens", "Perplexity [95% CI]", "Δ perplexity [95% CI]"]
     if generated:
         cols += ["ROUGE-1", "ROUGE-L", "Δ ROUGE-L [95% CI]"]
     cols += ["Seconds"]
