@@ -26,6 +26,7 @@ import numpy as np
 
 from commer.merge import merge_all
 from commer.prompting import bm25_top
+from commer.recency import recency_merge_all
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -121,6 +122,5 @@ def retrieved_soft_prompt(compressions, indices: Sequence[int],
         return merge_all(c[i] for i in chosen).mean()
     if created_at is None or len(created_at) != c.shape[0]:
         raise ValueError("recency-weighted retrieval needs one created_at per compression")
-    from commer.recency import recency_merge_all
 
     return recency_merge_all(((c[i], created_at[i]) for i in chosen), half_life_days).mean()

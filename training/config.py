@@ -28,7 +28,7 @@ class TrainConfig(BaseModel):
                               "(trainable soft prompt, documents as plain text).")
     data: list[str] = Field(default_factory=list, description=(
         "Data file(s). pretrain: corpus files (.jsonl/.parquet with 'text', or plain text); news: the HuffPost "
-        "JSONL; lamp4/lamp7: the *_questions.json of the training split; perltqa: the memory JSON."))
+        "JSONL file(s), rows concatenated; lamp4/lamp7: the *_questions.json of the training split; perltqa: the memory JSON."))
     data_outputs: Optional[str] = Field(None, description=(
         "lamp4/lamp7: the *_outputs.json matching `data`; perltqa: the QA JSON."))
     val_data: list[str] = Field(default_factory=list, description=(

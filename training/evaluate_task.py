@@ -8,6 +8,8 @@ Methods:
     commer          ComMer checkpoint: documents compressed, mean-merged, soft prompt + instruction
     none            no personalization: the instruction alone (frozen backbone)
     prompt_tuning   a trained prompt-tuning folder: soft prompt + documents as text + instruction
+    commer_concat   ComMer with the compressions concatenated (n·K soft tokens) instead of averaged
+    text            documents as text before the instruction, frozen backbone, no soft prompt
 The same examples are scored at every number of documents: they are retrieved once at the
 largest n (BM25 order, best first) and cut to the first n, and the 2,900-character filter is
 applied at the largest n.
@@ -26,9 +28,10 @@ import torch
 
 from commer import ComMer
 from commer.defaults import default_checkpoint
+from commer.merge import concat_merge
 from commer.metrics import rouge
 from training.config import TrainConfig
-from training.prompt_tuning import PromptTuning, documents_as_text
+from training.prompt_tuning import MAX_PROMPT_TOKENS, PromptTuning, documents_as_text
 from training.tasks import DataError, Example, load_examples
 
 log = logging.getLogger("training.evaluate")
@@ -38,7 +41,15 @@ def prompt_tokens(model, method: str, documents: list[str], instruction: str) ->
     """Tokens the generator's prompt holds: the cost the paper's Figure 3 puts on its x axis."""
     if method == "prompt_tuning":
         return model.soft_prompt.shape[0] + len(model.base.prompt_ids(documents_as_text(documents, instruction)))
-    soft = model.K if method == "commer" and documents else 0
+    if method == "text":
+        limit = max(model.config.max_prompt_tokens, MAX_PROMPT_TOKENS)
+        return len(model.prompt_ids(documents_as_text(documents, instruction), limit))
+    if method == "none" or not documents:
+        soft = 0
+    elif method == "commer_concat":
+        soft = model.K * len(documents)  # n·K rows
+    else:
+        soft = model.K  # one mean soft prompt, whatever n
     return soft + len(model.prompt_ids(instruction))
 
 
@@ -49,43 +60,83 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
     return {"rouge1": sum(s["rouge1"] for s in scores) / n, "rougeL": sum(s["rougeL"] for s in scores) / n}
 
 
+def soft_prompts(model, method: str, documents: list[list[str]]) -> list:
+    """The generator's soft prompt per example: mean of the compressions (commer), their
+    concatenation, n·K rows (commer_concat, the paper's Figure 7), or none."""
+    if method in ("none", "text"):
+        return [None] * len(documents)
+    if method == "commer_concat":
+        flat = [d for docs in documents for d in docs]
+        if not flat:
+            return [None] * len(documents)
+        compressions = model.compress_token_ids(model.tokenize_documents(flat)[0])
+        out, at = [], 0
+        for docs in documents:
+            out.append(concat_merge(list(compressions[at: at + len(docs)])) if docs else None)
+            at += len(docs)
+        return out
+    return model.merge_documents(documents)
+
+
 @torch.no_grad()
-def evaluate(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,
-             max_new_tokens: int = 24, generate: bool = True) -> dict:
-    """Perplexity (token-level and mean per example) and ROUGE-1/L of greedy answers."""
+def score_examples(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,
+                   max_new_tokens: int = 24, generate: bool = True, progress=None) -> dict:
+    """Per example: summed answer NLL, answer tokens, prompt tokens, and (if generate) the greedy answer.
+
+    Methods: commer, commer_concat, none (instruction only), text (documents as text, frozen
+    backbone, no soft prompt), prompt_tuning. `progress(done, total)` is called after each batch.
+    """
     model.eval()
-    total_nll = total_tokens = 0.0
-    per_example: list[float] = []
-    prompt_lengths: list[int] = []
-    predictions: list[str] = []
+    out = {"nll": [], "tokens": [], "prompt_tokens": [], "documents": [], "predictions": []}
     started = time.time()
     for start in range(0, len(examples), batch_size):
         batch = examples[start: start + batch_size]
-        docs = [e.documents[:num_documents] for e in batch]
+        docs = [e.documents[:num_documents] if method != "none" else [] for e in batch]
         ins = [e.instruction for e in batch]
         ans = [e.answer for e in batch]
-        prompt_lengths += [prompt_tokens(model, method, d, x) for d, x in zip(docs, ins)]
+        out["prompt_tokens"] += [prompt_tokens(model, method, d, x) for d, x in zip(docs, ins)]
+        out["documents"] += [len(d) for d in docs]
         if method == "prompt_tuning":
             nll, count = model.answer_nll(docs, ins, ans)
             if generate:
-                predictions += model.generate(docs, ins, max_new_tokens=max_new_tokens)
+                out["predictions"] += model.generate(docs, ins, max_new_tokens=max_new_tokens)
+        elif method == "text":
+            # Documents as text need the prompt-tuning prompt limit, not the checkpoint's (which
+            # would cut the documents from the left).
+            prompts = [documents_as_text(d, x) for d, x in zip(docs, ins)]
+            limit = max(model.config.max_prompt_tokens, MAX_PROMPT_TOKENS)
+            nll, count = model.answer_nll([None] * len(batch), prompts, ans, max_prompt_tokens=limit)
+            if generate:
+                out["predictions"] += model.generate([None] * len(batch), prompts, max_new_tokens=max_new_tokens,
+                                                     max_prompt_tokens=limit)
         else:
-            soft = [None] * len(batch) if method == "none" else model.merge_documents(docs)
+            soft = soft_prompts(model, method, docs)
             nll, count = model.answer_nll(soft, ins, ans)
             if generate:
-                predictions += model.generate(soft, ins, max_new_tokens=max_new_tokens)
-        total_nll += float(nll.sum())
-        total_tokens += float(count.sum())
-        per_example += torch.exp(nll / count).tolist()
+                out["predictions"] += model.generate(soft, ins, max_new_tokens=max_new_tokens)
+        out["nll"] += nll.float().cpu().tolist()
+        out["tokens"] += count.cpu().tolist()
+        if progress is not None:
+            progress(min(start + batch_size, len(examples)), len(examples))
+    out["seconds"] = round(time.time() - started, 1)
+    return out
+
+
+def evaluate(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,
+             max_new_tokens: int = 24, generate: bool = True) -> dict:
+    """Perplexity (token-level and mean per example) and ROUGE-1/L of greedy answers."""
+    scored = score_examples(model, method, examples, num_documents, batch_size, max_new_tokens, generate)
+    nll, tokens = scored["nll"], scored["tokens"]
+    per_example = [math.exp(a / b) for a, b in zip(nll, tokens)]
     result = {
         "method": method, "num_documents": num_documents if method != "none" else 0, "examples": len(examples),
-        "perplexity": math.exp(total_nll / max(total_tokens, 1.0)),
+        "perplexity": math.exp(sum(nll) / max(sum(tokens), 1.0)),
         "mean_example_perplexity": sum(per_example) / max(len(per_example), 1),
-        "mean_prompt_tokens": sum(prompt_lengths) / max(len(prompt_lengths), 1),
-        "seconds": round(time.time() - started, 1),
+        "mean_prompt_tokens": sum(scored["prompt_tokens"]) / max(len(examples), 1),
+        "seconds": scored["seconds"],
     }
     if generate:
-        result.update(rouge_scores(predictions, [e.answer for e in examples]))
+        result.update(rouge_scores(scored["predictions"], [e.answer for e in examples]))
     return result
 
 
@@ -105,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_data", nargs="*", default=[], help="LaMP: dev questions JSON (used as the test split).")
     p.add_argument("--val_outputs", default=None, help="LaMP: dev outputs JSON.")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--method", default="commer", choices=["commer", "none", "prompt_tuning"])
+    p.add_argument("--method", default="commer", choices=["commer", "commer_concat", "none", "text", "prompt_tuning"])
     p.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled default) "
                                                       "or prompt-tuning folder.")
     p.add_argument("--num_documents", nargs="+", type=int, default=[4], help="Documents per example (several allowed).")
@@ -144,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         row = evaluate(model, args.method, examples, n, args.batch_size, args.max_new_tokens, not args.no_generate)
         row["label"] = args.label or args.method
         row["checkpoint"] = args.checkpoint
-        if args.method == "commer":
+        if args.method != "prompt_tuning":
             row["trained"] = bool(model.config.trained)
         rows.append(row)
         print(json.dumps(row), flush=True)

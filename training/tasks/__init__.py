@@ -14,7 +14,7 @@ def load_examples(config, split: str, limit: int | None = None) -> list[Example]
         examples = pretraining.load(config.data, split, config.num_documents, config.seed,
                                     val_data=config.val_data or None, passes=config.pretrain_passes)
     elif config.task == "news":
-        return news.load(config.data[0], split, config.num_documents, seed=config.seed, max_examples=limit,
+        return news.load(config.data, split, config.num_documents, seed=config.seed, max_examples=limit,
                          max_examples_per_user=config.max_examples_per_user)
     elif config.task in ("lamp4", "lamp7"):
         examples = lamp.load_split(config.task, config, split)

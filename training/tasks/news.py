@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
 
 from commer.prompting import bm25_top
 from training.tasks.base import DataError, Example, drop_long, read_jsonl, split_of
@@ -30,23 +32,27 @@ def format_document(headline: str, description: str) -> str:
     return f"Text: {description.strip()} Title: {headline.strip()}" if description.strip() else f"Title: {headline.strip()}"
 
 
-def read_articles(path: str) -> dict[str, list[dict]]:
-    """Articles grouped by author, in file order."""
+def read_articles(path: str | Path | Sequence[str | Path]) -> dict[str, list[dict]]:
+    """Articles grouped by author, in file order. Several files: their rows are concatenated
+    in the order given (the author split is by name, so it does not depend on the files)."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
     by_author: dict[str, list[dict]] = defaultdict(list)
-    for number, row in enumerate(read_jsonl(path, "news (HuffPost JSONL)"), 1):
-        missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
-        if missing:
-            raise DataError(f"{path}: record {number} of the news file lacks string field(s) {missing}")
-        author = row["authors"].strip()
-        if author and row["headline"].strip():
-            by_author[author].append(row)
+    for one in paths:
+        for number, row in enumerate(read_jsonl(one, "news (HuffPost JSONL)"), 1):
+            missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
+            if missing:
+                raise DataError(f"{one}: record {number} of the news file lacks string field(s) {missing}")
+            author = row["authors"].strip()
+            if author and row["headline"].strip():
+                by_author[author].append(row)
     return by_author
 
 
-def load(data: str, split: str, num_documents: int, seed: int = 0, max_examples: int | None = None,
+def load(data: str | Path | Sequence[str | Path], split: str, num_documents: int, seed: int = 0, max_examples: int | None = None,
          max_examples_per_user: int | None = None) -> list[Example]:
     """Examples of the authors in `split`; documents retrieved per example by BM25.
 
+    `data` is one HuffPost JSONL file or a list of them (rows concatenated).
     Sampling (per-author cap, then overall cap) happens before retrieval, seeded, so a capped
     evaluation set is the same every run.
     """
@@ -59,22 +65,37 @@ def load(data: str, split: str, num_documents: int, seed: int = 0, max_examples:
         if max_examples_per_user is not None and len(queries) > max_examples_per_user:
             queries = sorted(rng.sample(queries, max_examples_per_user))
         candidates.extend((author, articles, i) for i in queries)
+    rest: list = []
     if max_examples is not None and len(candidates) > max_examples:
-        # Oversample a little: some candidates may fall to the length filter.
-        candidates = rng.sample(candidates, min(len(candidates), int(max_examples * 1.2) + 8))
+        # Oversample a little: some candidates may fall to the length filter. If too many do,
+        # the remaining candidates are drawn next, in a seeded order, until the cap is met.
+        chosen = rng.sample(range(len(candidates)), min(len(candidates), int(max_examples * 1.2) + 8))
+        taken = set(chosen)
+        rest = [candidates[i] for i in range(len(candidates)) if i not in taken]
+        rng.shuffle(rest)
+        candidates = [candidates[i] for i in chosen]
 
-    examples = []
-    for author, articles, i in candidates:
+    def build(author, articles, i) -> Example:
         query = articles[i]
-        others = [a for j, a in enumerate(articles) if j != i]
-        corpus = [f"{a['headline']} {a['short_description']}" for a in others]
-        top = bm25_top(query["short_description"], corpus, num_documents)
-        examples.append(Example(
-            documents=[format_document(others[j]["headline"], others[j]["short_description"]) for j in top],
+        return Example(
+            documents=top_documents(query["short_description"], [a for j, a in enumerate(articles) if j != i],
+                                    num_documents),
             instruction=INSTRUCTION.format(query["short_description"].strip()),
             answer=query["headline"].strip(),
             user_id=author,
             example_id=query.get("link") or f"{author}#{i}",
-        ))
-    examples = drop_long(examples)
+            meta={"description": query["short_description"].strip()},
+        )
+
+    examples = drop_long(build(*c) for c in candidates)
+    while max_examples is not None and len(examples) < max_examples and rest:
+        batch, rest = rest[: max_examples - len(examples)], rest[max_examples - len(examples):]
+        examples += drop_long(build(*c) for c in batch)
     return examples[:max_examples] if max_examples is not None else examples
+
+
+def top_documents(description: str, articles: list[dict], n: int) -> list[str]:
+    """The n articles best matching a short description by BM25 (LaMP-4's rule), formatted as documents."""
+    corpus = [f"{a['headline']} {a['short_description']}" for a in articles]
+    return [format_document(articles[j]["headline"], articles[j]["short_description"])
+            for j in bm25_top(description, corpus, n)]

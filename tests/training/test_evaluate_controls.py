@@ -1,0 +1,165 @@
+"""Evaluation with controls, end to end on the tiny backbone, and the reconstruction probe."""
+import json
+
+import pytest
+
+from training import evaluate_controls
+from training.probes import reconstruction_examples, reconstruction_perplexity
+from training.tasks import news
+from training.tasks.base import split_of
+
+TOPICS = ["parks budget council", "frog rainforest biologists", "stocks inflation markets", "coffee prices farmers",
+          "football league final", "museum art exhibit", "river flood rescue", "school lunch program",
+          "rocket launch delay", "bakery bread recipe", "election polls voters", "hospital nurses strike",
+          "train station repairs", "music festival tickets", "wildfire smoke warning", "startup funding round",
+          "library book sale", "zoo panda birth"]
+
+
+def _authors(split: str, count: int) -> list[str]:
+    names = (f"Writer {i}" for i in range(10_000))
+    return [a for a in names if split_of(a, news.FRACTIONS) == split][:count]
+
+
+def write_huffpost(path, authors_per_split=None) -> list[str]:
+    """A HuffPost-format file: 3 test authors with 18 articles each, 2 train authors."""
+    test_authors = _authors("test", 3)
+    rows = []
+    for author in test_authors + _authors("train", 2):
+        tag = author.split()[-1]
+        for j, topic in enumerate(TOPICS):
+            rows.append({"link": f"https://example.org/{tag}/{j}", "headline": f"{topic.title()} {tag}",
+                         "category": "U.S. NEWS", "authors": author, "date": "2022-09-23",
+                         "short_description": f"{author} on {topic}, story {j}."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return test_authors
+
+
+@pytest.fixture(scope="module")
+def prompt_tuning_folder(tiny_backbone, commer_cache, tmp_path_factory):
+    from training.prompt_tuning import PromptTuning
+    folder = tmp_path_factory.mktemp("pt")
+    PromptTuning.from_backbone(tiny_backbone, num_tokens=3, cache=commer_cache).save_pretrained(str(folder))
+    return str(folder)
+
+
+def test_news_load_takes_several_files(tmp_path):
+    authors = write_huffpost(tmp_path / "a.jsonl")
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    (tmp_path / "b1.jsonl").write_text("\n".join(lines[:40]) + "\n")
+    (tmp_path / "b2.jsonl").write_text("\n".join(lines[40:]) + "\n")
+    one = news.load(str(tmp_path / "a.jsonl"), "test", 4)
+    two = news.load([str(tmp_path / "b1.jsonl"), str(tmp_path / "b2.jsonl")], "test", 4)
+    assert one == two and {e.user_id for e in one} == set(authors)
+
+
+def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder, tmp_path):
+    data = tmp_path / "news.jsonl"
+    write_huffpost(data)
+    out = tmp_path / "controls"
+    args = evaluate_controls.build_parser().parse_args([
+        "--data", str(data), "--checkpoint", tiny_checkpoint, "--cache_dir", commer_cache,
+        "--prompt_tuning", prompt_tuning_folder, "--checkpoint_n1", tiny_checkpoint, "--checkpoint_n4", tiny_checkpoint,
+        "--max_examples", "20", "--max_new_tokens", "3", "--probe_examples", "6", "--resamples", "200",
+        "--output", str(out)])
+    args.argv = ["(test)"]
+    result = evaluate_controls.run(args)
+
+    labels = [r["label"] for r in result["rows"]]
+    assert labels == ["none", "prompt tuning (no documents)", "ComMer own 1", "ComMer own 2", "ComMer own 4",
+                      "ComMer own 8", "ComMer own 16", "ComMer other 4", "ComMer concat 4", "text 1 (frozen)",
+                      "text 4 (frozen)", "text 8 (frozen)", "prompt tuning text 1", "prompt tuning text 4"]
+    rows = {r["label"]: r for r in result["rows"]}
+    assert all(r["examples"] == 20 for r in rows.values())
+    # Prompt cost: K soft tokens for a mean, n·K for the concatenation, none without documents.
+    K = 4
+    assert rows["ComMer own 16"]["mean_prompt_tokens"] == rows["ComMer own 1"]["mean_prompt_tokens"] == \
+        rows["none"]["mean_prompt_tokens"] + K
+    assert rows["ComMer concat 4"]["mean_prompt_tokens"] == rows["none"]["mean_prompt_tokens"] + 4 * K
+    assert rows["ComMer own 16"]["mean_documents"] == 16 and rows["text 8 (frozen)"]["mean_documents"] == 8
+    assert rows["text 8 (frozen)"]["mean_prompt_tokens"] > rows["text 1 (frozen)"]["mean_prompt_tokens"]
+    # Paired bootstrap: intervals contain their point estimates; the reference's difference is 0.
+    for r in rows.values():
+        for key in ("perplexity", "delta_perplexity", "rouge1", "rougeL", "delta_rougeL"):
+            lo, hi = r[f"{key}_ci"]
+            assert lo - 1e-9 <= r[key] <= hi + 1e-9, (r["label"], key)
+    ref = rows[evaluate_controls.REFERENCE]
+    assert ref["delta_perplexity"] == 0 and ref["delta_perplexity_ci"] == [0.0, 0.0]
+    lo, hi = ref["own_other_perplexity_ratio_ci"]
+    assert lo <= ref["own_other_perplexity_ratio"] <= hi
+    assert ref["own_other_perplexity_ratio"] == pytest.approx(ref["perplexity"] / rows["ComMer other 4"]["perplexity"])
+
+    table = (out / "table.md").read_text()
+    for label in labels:
+        assert f"| {label} |" in table
+    assert "no stemmer" in table and "(test)" in table and "Figure 6" in table and "Reconstruction probe" in table
+    records = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records].count("row") == len(labels)
+    assert {r["kind"] for r in records} >= {"header", "fit", "probe", "figure6"}
+    fig6 = result["extras"]["figure6"]
+    assert fig6["difference"]["1"]["1"] == 0 and fig6["difference"]["4"]["4"] == 0
+    probe = result["extras"]["probe"]
+    assert [p["num_merged"] for p in probe] == [1, 2, 4, 8, 16] and "reference_perplexity" in probe[0]
+    for name in ("perplexity_vs_documents.png", "reconstruction_vs_merged.png", "own_other_none.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --resume reuses the saved rows (same numbers, nothing rescored) when the settings match.
+    args.resume, args.probe_examples, args.checkpoint_n1 = True, 0, None
+    again = evaluate_controls.run(args)
+    assert [(r["label"], r["perplexity"], r["seconds"], r["rougeL"]) for r in again["rows"]] == \
+        [(r["label"], r["perplexity"], r["seconds"], r["rougeL"]) for r in result["rows"]]
+    assert again["rows"][4]["delta_perplexity_ci"] == [0.0, 0.0]
+
+
+def test_other_author_documents_come_from_another_test_author(tmp_path):
+    data = tmp_path / "news.jsonl"
+    authors = write_huffpost(data)
+    examples = news.load(str(data), "test", 4)
+    articles = evaluate_controls.test_articles(str(data))
+    assert sorted(articles) == sorted(authors)
+    other = evaluate_controls.other_author_examples(examples, articles, 4, seed=0)
+    again = evaluate_controls.other_author_examples(examples, articles, 4, seed=0)
+    assert [e.documents for e in other] == [e.documents for e in again]
+    for own, swapped in zip(examples, other):
+        who = swapped.meta["other_author"]
+        assert who != own.user_id and who in authors
+        assert len(swapped.documents) == 4
+        assert all(who in d and own.user_id not in d for d in swapped.documents)
+        assert swapped.instruction == own.instruction and swapped.answer == own.answer
+
+
+def test_bootstrap_statistic_is_token_level():
+    import numpy as np
+    nll, tokens = np.array([2.0, 10.0]), np.array([1.0, 4.0])
+    assert evaluate_controls.token_perplexity(nll, tokens) == pytest.approx(np.exp(12 / 5))
+    idx = np.array([[0, 0], [1, 1]])
+    assert evaluate_controls.token_perplexity(nll, tokens, idx) == pytest.approx([np.exp(2.0), np.exp(2.5)])
+
+
+def test_power_law_fit_recovers_exponent():
+    ns = [1, 2, 4, 8, 16]
+    fit = evaluate_controls.fit_power_law(ns, [3.0 * n ** -0.2 for n in ns])
+    assert fit["loglog"]["b"] == pytest.approx(-0.2) and fit["loglog"]["r2"] == pytest.approx(1.0)
+
+
+def test_reconstruction_probe(tiny_model):
+    docs = [f"Short note {i} about topic {i * 7}." for i in range(12)]
+    one, four = reconstruction_examples(docs, 1, 5), reconstruction_examples(docs, 4, 5)
+    assert [e.answer for e in one] == [e.answer for e in four] == docs[:5]
+    for e in four:
+        n = int(e.instruction.split()[3])
+        assert e.instruction == f"What does document {n} contain?"
+        assert e.documents[n - 1] == f"Document {n}: {e.answer}" and len(set(e.documents)) == 4
+    tiny_model.train()
+    result = reconstruction_perplexity(tiny_model, docs, 4, num_examples=5, reference=True)
+    assert tiny_model.training  # mode restored
+    assert result["examples"] == 5 and result["perplexity"] > 1 and result["reference_perplexity"] > 1
+
+
+def test_probe_documents_are_test_authors_short_descriptions(tmp_path):
+    from training.probes import news_documents
+    data = tmp_path / "news.jsonl"
+    authors = write_huffpost(data)
+    docs = news_documents(str(data))
+    assert len(docs) == 3 * len(TOPICS) and docs == news_documents(str(data))
+    assert all(d.split(" on ")[0] in authors and len(d) <= 150 for d in docs)
+    assert news_documents(str(data), limit=5) == docs[:5]
