@@ -16,8 +16,14 @@ block-diagonal causal mask, commer.packing), with each mode's deviation from the
 compressions. On CUDA it also reports peak GPU memory per mode; `--dtypes auto` (the default)
 is bfloat16 on CUDA and float32 elsewhere (commer.precision).
 
+Timing is interleaved, because the machine is shared and its speed drifts within a run: the
+documents are sorted by length and cut into chunks of `--chunk_documents`; every mode runs on
+chunk 1, then every mode on chunk 2, ... (mode order rotating), for `--rounds` rounds, and a
+mode's time is the sum over chunks of its best round. So all modes see the same load, and each
+plans its batches within a chunk (its last batch in a chunk may be short).
+
     python -m benchmarks.compression_forward [--data PATH] [--documents 512] [--dtypes float32,bfloat16]
-        [--max_batch_tokens 1728] [--packed_tokens 256,512]
+        [--max_batch_tokens 1728] [--packed_tokens 512,1024] [--rounds 2] [--chunk_documents 128]
 """
 from __future__ import annotations
 
@@ -75,8 +81,8 @@ def peak_memory_reset(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory_mib(device: torch.device) -> str:
-    return f"{torch.cuda.max_memory_allocated(device) / 2 ** 20:.0f}" if device.type == "cuda" else ""
+def peak_memory_mib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else 0.0
 
 
 def synchronize(device: torch.device) -> None:
@@ -100,12 +106,12 @@ def main(argv=None) -> str:
     parser.add_argument("--dtypes", default="auto",
                         help="Comma list of float32,bfloat16,auto (auto: bfloat16 on CUDA, float32 elsewhere).")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU measurement, item 5).")
-    parser.add_argument("--arrival_order", action="store_true",
-                        help="Also compress in arrival-order batches (no length sorting): what sorting buys.")
     parser.add_argument("--max_batch_tokens", default="",
                         help="Comma list of token budgets for padded token-budget batches (padding counted).")
     parser.add_argument("--packed_tokens", default="",
                         help="Comma list of packed-sequence lengths for packed batches (commer.packing).")
+    parser.add_argument("--rounds", type=int, default=1, help="Interleaved rounds; each mode keeps its best per chunk.")
+    parser.add_argument("--chunk_documents", type=int, default=128, help="Documents per interleaving chunk.")
     args = parser.parse_args(argv)
     budgets = [int(x) for x in args.max_batch_tokens.split(",") if x]
     packs = [int(x) for x in args.packed_tokens.split(",") if x]
@@ -119,57 +125,95 @@ def main(argv=None) -> str:
         model = ComMer.from_pretrained(args.checkpoint or default_checkpoint(), dtype=dtype).to(device)
         ids, _ = model.tokenize_documents(texts)
         lengths = list(map(len, ids))
-        batches = length_sorted_batches(ids, args.batch_size)
         n_tokens = sum(lengths)
         params = non_embedding_parameters(model)
         matmul_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
         rate = matmul_flops_per_second(matmul_dtype, device=args.device)
-        compress_seconds(model, ids, batches[:2])  # warm-up
-        raw_docs = raw_forward_seconds(model, ids, batches, 0)
-        raw_k = raw_forward_seconds(model, ids, batches, model.K)
-        peak_memory_reset(device)
-        seconds, out = compress_seconds(model, ids, batches)
-        memory = {"ComMer.compress": peak_memory_mib(device)}
-        # (name, seconds, batches, packed, compressions)
-        extra_rows = []
-        if args.arrival_order:
-            arrival = [list(range(i, min(i + args.batch_size, len(ids)))) for i in range(0, len(ids), args.batch_size)]
-            extra_rows.append(("ComMer.compress, arrival order", compress_seconds(model, ids, arrival)[0], arrival, False, None))
-        modes = [(f"token budget {n}, padded", plan_batches(lengths, n, model.K, padded=True), False) for n in budgets]
-        modes += [(f"token budget {n}, packed", plan_batches(lengths, n, model.K), True) for n in packs]
-        for name, planned, packed in modes:
-            compress_seconds(model, ids, planned[:2], packed)  # warm-up (new shapes)
-            peak_memory_reset(device)
-            t, mode_out = compress_seconds(model, ids, planned, packed)
-            memory[name] = peak_memory_mib(device)
-            extra_rows.append((name, t, planned, packed, mode_out))
+
+        def count_batches(chunk):
+            return [chunk[i: i + args.batch_size] for i in range(0, len(chunk), args.batch_size)]
+
+        def budget_batches(n, padded):
+            return lambda chunk: [[chunk[i] for i in b] for b in
+                                  plan_batches([lengths[i] for i in chunk], n, model.K, padded=padded)]
+
+        # name → (plan a chunk into batches, what runs a batch list, packed, K positions counted)
+        modes = {
+            "raw forward, documents": (count_batches, lambda b: raw_forward_seconds(model, ids, b, 0), False, False),
+            "raw forward, documents + K": (count_batches, lambda b: raw_forward_seconds(model, ids, b, model.K),
+                                           False, True),
+            "ComMer.compress": (count_batches, lambda b: compress_seconds(model, ids, b), False, True),
+        }
+        for n in budgets:
+            modes[f"token budget {n}, padded"] = (budget_batches(n, True), lambda b: compress_seconds(model, ids, b),
+                                                  False, True)
+        for n in packs:
+            modes[f"token budget {n}, packed"] = (budget_batches(n, False),
+                                                  lambda b: compress_seconds(model, ids, b, packed=True), True, True)
+        seconds, outputs, plans, memory = interleaved(modes, sorted(range(len(ids)), key=lambda i: (lengths[i], i)),
+                                                      args.chunk_documents, args.rounds, model, device)
         rate = max(rate, matmul_flops_per_second(matmul_dtype, device=args.device))  # the ceiling: the better of two readings
+        out = outputs["ComMer.compress"]
         deviation = ""
         if reference is None:
             reference = out
         else:
             deviation = f"{((out - reference).norm() / reference.norm()).item():.2e}"
-        positions = n_tokens + model.K * len(ids)
-        for name, t, work, used, packed, mode_out in [
-                ("raw forward, documents", raw_docs, n_tokens, batches, False, None),
-                ("raw forward, documents + K", raw_k, positions, batches, False, None),
-                ("ComMer.compress", seconds, positions, batches, False, None),
-                *[(n, t, positions, b, p, o) for n, t, b, p, o in extra_rows]]:
+        raw_k = seconds["raw forward, documents + K"]
+        for name, (_, _, packed, with_k) in modes.items():
+            t = seconds[name]
+            work = n_tokens + (model.K * len(ids) if with_k else 0)
+            mode_out = outputs.get(name)
             row = [dtype, name, len(ids) / t, n_tokens / t, raw_k / t,
-                   1.0 if packed else padding_efficiency(ids, used, 0 if work == n_tokens else model.K),
+                   1.0 if packed else padding_efficiency(ids, plans[name], model.K if with_k else 0),
                    2 * params * work / t / rate, deviation if name == "ComMer.compress" else "",
-                   f"{max_relative_deviation(mode_out, out):.1e}" if mode_out is not None else ""]
+                   f"{max_relative_deviation(mode_out, out):.1e}"
+                   if mode_out is not None and name != "ComMer.compress" else ""]
             if device.type == "cuda":
-                row.append(memory.get(name, ""))
+                row.append(f"{memory[name]:.0f}")
             table.append(row)
         print(f"{dtype}: matmul rate {rate / 1e9:.0f} GFLOP/s, {n_tokens / len(ids):.1f} tokens/document "
               f"(min {min(lengths)}, max {max(lengths)}), K={model.K}, {torch.get_num_threads()} threads, "
-              f"device {device}")
+              f"device {device}, {args.rounds} round(s) of {-(-len(ids) // args.chunk_documents)} chunk(s)")
     headers = ["dtype", "what", "docs/s", "doc tokens/s", "vs raw docs+K", "padding eff.",
                "FLOP util.", "rel. dev. vs fp32", "max dev. vs count batches"]
     if device.type == "cuda":
         headers.append("peak GPU MiB")
     return print_table(headers, table)
+
+
+def interleaved(modes: dict, order: list[int], chunk_documents: int, rounds: int, model: ComMer,
+                device: torch.device):
+    """Run every mode on each length-ordered chunk in turn, `rounds` times; per mode: the sum over
+    chunks of its best time, its compressions (None for raw forwards), all its batches, and its
+    peak GPU memory (MiB, CUDA only)."""
+    chunks = [order[i: i + chunk_documents] for i in range(0, len(order), chunk_documents)]
+    names = list(modes)
+    best = {name: [float("inf")] * len(chunks) for name in names}
+    outputs = {name: torch.empty(len(order), model.K, model.hidden_size) for name in names}
+    plans = {name: [] for name in names}
+    memory = {}
+    for name in names:  # warm-up: one small batch per mode (new shapes, lazy initialisation)
+        plan, run, _, _ = modes[name]
+        run(plan(chunks[0])[:1])
+    for r in range(rounds):
+        for c, chunk in enumerate(chunks):
+            for k in range(len(names)):
+                name = names[(k + c + r) % len(names)]
+                plan, run, _, _ = modes[name]
+                batches = plan(chunk)
+                peak_memory_reset(device)
+                result = run(batches)
+                memory[name] = max(memory.get(name, 0.0), peak_memory_mib(device))
+                t, out = result if isinstance(result, tuple) else (result, None)
+                best[name][c] = min(best[name][c], t)
+                if r == 0:
+                    plans[name] += batches
+                    if out is None:
+                        outputs[name] = None
+                    else:
+                        outputs[name][[i for b in batches for i in b]] = out[[i for b in batches for i in b]]
+    return {name: sum(best[name]) for name in names}, outputs, plans, memory
 
 
 def max_relative_deviation(out: torch.Tensor, reference: torch.Tensor) -> float:
