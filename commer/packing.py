@@ -19,7 +19,9 @@ block-diagonal mask is passed explicitly as a 4D mask, which transformers uses a
 Under 'flash_attention_2/3' and 'flex_attention' no mask is passed: transformers detects
 packed documents from the position ids restarting at 0 and runs a variable-length kernel
 (cu_seqlens) or a block-sparse FlexAttention mask, so attention costs Σ L² rather than
-(Σ L)² — that is the GPU path. (Those two are not tested here: no GPU on the dev machine.)
+(Σ L)² — that is the GPU path. It only does so without a KV cache, hence use_cache=False.
+Tested on CPU: 'sdpa', 'eager' and 'flex_attention' (tiny model) equal the padded path;
+flash-attention kernels need a GPU and are not tested yet.
 
 On CPU, SDPA with a dense mask computes attention over the whole packed sequence (masked
 entries included), so keep CPU packs modest (a few hundred to ~1000 tokens): the attention

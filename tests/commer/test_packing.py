@@ -193,3 +193,19 @@ def test_packed_equals_padded_on_the_default_backbone(default_model):
     scale = padded.abs().max()
     torch.testing.assert_close(packed, padded, atol=2e-5 * scale, rtol=1e-4)
     torch.testing.assert_close(alone[0], packed[2], atol=2e-5 * scale, rtol=1e-4)
+
+
+@pytest.mark.integration  # slow, not the real backbone: FlexAttention compiles on CPU (~1 min)
+def test_packed_equals_padded_under_flex_attention(tiny_model):
+    """FlexAttention gets no dense mask: transformers finds the documents from the position ids
+    restarting at 0 (the path flash-attention varlen kernels use too) and builds a block mask."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    docs = _documents(tiny_model, LENGTHS)
+    with torch.no_grad():
+        padded = tiny_model.compress_token_ids(docs)
+        tiny_model.body.config._attn_implementation = "flex_attention"
+        try:
+            packed = tiny_model.compress_packed(docs)
+        finally:
+            tiny_model.body.config._attn_implementation = "sdpa"
+    torch.testing.assert_close(packed, padded, atol=ATOL, rtol=1e-4)
