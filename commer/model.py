@@ -166,20 +166,39 @@ class ComMer(nn.Module):
         compression = self.compression_embeddings.to(embeds.dtype)[slot.clamp(0, K - 1)]
         embeds = torch.where(is_slot[..., None], compression, embeds)
 
-        hidden = self.body(inputs_embeds=embeds).last_hidden_state
+        hidden = self.body(inputs_embeds=embeds, use_cache=False).last_hidden_state
         at_slots = (lengths[:, None] + torch.arange(K, device=self.device)[None, :])
         out = hidden.gather(1, at_slots[..., None].expand(-1, -1, hidden.shape[-1]))
         return out.float()
 
+    def compress_packed(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(B, K, d) float32 compressions with the documents packed into one sequence, no padding
+        (commer.packing); equal to compress_token_ids within float tolerance; differentiable."""
+        from commer.packing import compress_packed
+        return compress_packed(self, batch)
+
     @torch.inference_mode()
-    def compress(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-        """(N, K, d) compressions of raw texts, batched by length, in input order."""
+    def compress(self, texts: Sequence[str], batch_size: int = 32, max_batch_tokens: int | None = None,
+                 packed: bool = False) -> torch.Tensor:
+        """(N, K, d) compressions of raw texts, batched by length, in input order.
+
+        Batches hold `batch_size` documents, or with `max_batch_tokens` up to that many
+        positions (tokens + K per document; padded batches count their padding). `packed`
+        concatenates each batch's documents into one sequence (needs max_batch_tokens).
+        """
+        from commer.packing import plan_batches
         ids, _ = self.tokenize_documents(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        if packed and not max_batch_tokens:
+            raise ValueError("packed=True needs max_batch_tokens (the length of one packed sequence)")
+        if max_batch_tokens:
+            batches = plan_batches([len(x) for x in ids], max_batch_tokens, self.K, padded=not packed)
+        else:
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+            batches = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+        step = self.compress_packed if packed else self.compress_token_ids
         out = torch.empty((len(ids), self.K, self.hidden_size))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start: start + batch_size]
-            out[chunk] = self.compress_token_ids([ids[i] for i in chunk]).cpu()
+        for chunk in batches:
+            out[chunk] = step([ids[i] for i in chunk]).cpu()
         return out
 
     # ---- generator inputs ---------------------------------------------------------------

@@ -1,0 +1,27 @@
+"""Which floating-point type the backbone runs in, by device.
+
+bfloat16 on CUDA (tensor cores: several times the float32 matmul rate, half the memory);
+float32 everywhere else: on the development CPU bfloat16 measured 0.61× the float32 speed
+(benchmarks/RESULTS.md), and float32 is the reference the compressions are checked against.
+An explicit dtype (a flag) always wins. The compressions' deviation from float32 is measured
+by `python -m benchmarks.compression_forward --dtypes float32,bfloat16`.
+"""
+from __future__ import annotations
+
+import torch
+
+DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def default_dtype(device: torch.device | str) -> str:
+    """'bfloat16' on CUDA, 'float32' elsewhere (the name ComMer.from_pretrained(dtype=...) takes)."""
+    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+
+
+def resolve_dtype(dtype: str | None, device: torch.device | str) -> str:
+    """An explicit dtype name as given (checked), or the device's default for None / 'auto'."""
+    if dtype in (None, "", "auto"):
+        return default_dtype(device)
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {DTYPE_NAMES} or 'auto'")
+    return dtype
