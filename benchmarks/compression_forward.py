@@ -34,6 +34,7 @@ import torch
 
 from benchmarks.common import DEFAULT_NEWS, matmul_flops_per_second, news_by_author, news_document, print_table
 from commer import ComMer
+from commer.defaults import default_checkpoint
 from commer.packing import plan_batches
 from commer.precision import resolve_dtype
 
@@ -116,7 +117,6 @@ def main(argv=None) -> str:
     budgets = [int(x) for x in args.max_batch_tokens.split(",") if x]
     packs = [int(x) for x in args.packed_tokens.split(",") if x]
 
-    from commer.defaults import default_checkpoint
     rows = [r for group in news_by_author(args.data).values() for r in group][: args.documents]
     texts = [news_document(r) for r in rows]
     table, reference = [], None

@@ -28,6 +28,7 @@ from commer.checkpoint import (
 )
 from commer.config import ComMerConfig
 from commer.merge import mean_pool
+from commer.packing import compress_packed, plan_batches
 from commer.special_tokens import end_of_answer_id, leading_bos_id
 
 SoftPrompt = torch.Tensor | np.ndarray | None
@@ -174,7 +175,6 @@ class ComMer(nn.Module):
     def compress_packed(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         """(B, K, d) float32 compressions with the documents packed into one sequence, no padding
         (commer.packing); equal to compress_token_ids within float tolerance; differentiable."""
-        from commer.packing import compress_packed
         return compress_packed(self, batch)
 
     @torch.inference_mode()
@@ -186,7 +186,6 @@ class ComMer(nn.Module):
         positions (tokens + K per document; padded batches count their padding). `packed`
         concatenates each batch's documents into one sequence (needs max_batch_tokens).
         """
-        from commer.packing import plan_batches
         ids, _ = self.tokenize_documents(texts)
         if packed and not max_batch_tokens:
             raise ValueError("packed=True needs max_batch_tokens (the length of one packed sequence)")
