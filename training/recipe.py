@@ -35,7 +35,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from commer import ComMer
+from training import evaluate_controls
 from training.config import ConfigError, TrainConfig
+from training.probes import news_documents, reconstruction_perplexity
 from training.tasks import DataError, load_examples
 from training.tasks.base import split_of
 from training.tasks.news import FRACTIONS, format_document, read_articles
@@ -86,6 +89,10 @@ class RecipeConfig(BaseModel):
                                                              "not dominate.")
     val_examples: int = Field(48, ge=1, description="Validation examples per stage (perplexity).")
     evaluations_per_stage: int = Field(6, ge=1, description="Validation (and best-checkpoint) points per stage.")
+    probe_examples: int = Field(64, ge=0, description="Held-out news documents for the final single-document "
+                                                      "reconstruction probe (test authors; 0: skip).")
+    eval_examples: int = Field(400, ge=0, description="Test examples for training.evaluate_controls on the final "
+                                                      "checkpoint (0: skip the evaluation).")
     seed: int = Field(0, description="Seed for data order, initialisation and dropout.")
     num_threads: int = Field(0, ge=0, description="CPU threads (0 = all cores).")
 
@@ -272,8 +279,25 @@ def run(recipe: RecipeConfig) -> dict:
     _record_recipe(final, record)
     metrics = combined_metrics(out)
     plot_validation(metrics, out / "validation_perplexity.png")
+    if recipe.probe_examples:
+        record["reconstruction_probe"] = probe(recipe, final)
+        log.info("single-document reconstruction on held-out news: %s", record["reconstruction_probe"])
     (out / "recipe_summary.json").write_text(json.dumps(record, indent=2, default=str))
+    if recipe.eval_examples:
+        evaluate_controls.main([
+            "--data", *recipe.news_data, "--checkpoint", str(final), "--output", str(out / "evaluation"),
+            "--max_examples", str(recipe.eval_examples), "--device", recipe.resolved_device(),
+            "--num_threads", str(recipe.num_threads), "--seed", str(recipe.seed), "--resume"])
     return record
+
+
+def probe(recipe: RecipeConfig, checkpoint: Path) -> dict:
+    """Single-document reconstruction perplexity of held-out (test-author) news documents,
+    with the no-soft-prompt reference: the leading indicator that a compression carries its
+    document."""
+    model = ComMer.from_pretrained(str(checkpoint), dtype=recipe.resolved_dtype()).to(recipe.resolved_device())
+    documents = news_documents(recipe.news_data, "test", seed=recipe.seed)
+    return reconstruction_perplexity(model, documents, 1, recipe.probe_examples, recipe.seed, reference=True)
 
 
 def _record_recipe(final: Path, record: dict) -> None:

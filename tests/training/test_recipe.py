@@ -24,7 +24,7 @@ def test_recipe_runs_both_stages_within_the_plan_and_resumes(tiny_backbone, tmp_
         pretrain_data=[str(FIXTURES / "wikitext_sample.txt")], news_data=[str(FIXTURES / "news.jsonl")],
         num_compression_tokens=2, lora_r=4, lora_alpha=4, lora_target_modules=["q_proj", "v_proj"],
         batch_size=4, micro_batch_size=4, val_examples=4, evaluations_per_stage=2, news_documents=2,
-        num_threads=1,
+        num_threads=1, probe_examples=3, eval_examples=0,
     )
     record = run(recipe)
     out = Path(recipe.output_dir)
@@ -42,6 +42,8 @@ def test_recipe_runs_both_stages_within_the_plan_and_resumes(tiny_backbone, tmp_
     assert stages == {"stage1", "stage2"}
     assert (out / "validation_perplexity.png").stat().st_size > 0
     assert record["plan"] == plan
+    probe = record["reconstruction_probe"]
+    assert probe["perplexity"] > 0 and probe["reference_perplexity"] > 0
 
     # Rerunning the same command keeps the plan and finds both stages done.
     again = run(recipe)
