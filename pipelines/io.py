@@ -23,7 +23,7 @@ from pipelines.profile_state import Change, PreviousProfile, Update
 from pipelines.reconcile import Event
 from pipelines.runtime import CliError, counter
 from schemas import DeadLetter, read_metadata, tensor_column, to_table
-from schemas.validation import parse_record
+from schemas.validation import dead_letter_json, parse_record
 
 DEAD = "dead"
 IN_PROFILE = "in_profile"
@@ -186,5 +186,5 @@ def write_tables(records, label: str, prefix: str, schema: pa.Schema, rows_per_t
 def write_dead_letters(dead_letters: list, folder: str, run_id: str):
     """Every dead letter of a run → folder/dead_letters-RUN_ID-*.jsonl."""
     return (dead_letters | "FlattenDeadLetters" >> beam.Flatten()
-            | "DeadLettersToJson" >> beam.Map(lambda d: d.model_dump_json())
+            | "DeadLettersToJson" >> beam.Map(dead_letter_json)
             | "WriteDeadLetters" >> WriteToText(f"{folder}/dead_letters-{run_id}", file_name_suffix=".jsonl"))
