@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 from apache_beam.io.textio import ReadAllFromText, WriteToText
 
+from pipelines.output_state import current_shards, phase
 from pipelines.profile_state import Change, PreviousProfile, Update
 from pipelines.reconcile import Event
 from pipelines.runtime import CliError, counter
@@ -50,6 +51,11 @@ def parquet_shards(path: str, flag: str, run_subfolder: str) -> list[str]:
     path = path.rstrip("/")
     if path.endswith(".parquet") or any(c in path for c in "*?["):
         return match(path, flag)
+    for table in (f"{path}/{run_subfolder}", path):  # a folder with CURRENT: its committed run(s) only
+        if (committed := current_shards(table)) is not None:
+            if not committed:
+                raise CliError(f"{flag} {path}: {table}/CURRENT names run folders without .parquet shards")
+            return committed
     for pattern in (f"{path}/{run_subfolder}/*.parquet", f"{path}/*.parquet"):
         try:
             found = _glob(pattern)
@@ -89,6 +95,27 @@ def check_fingerprints(files: Sequence[str], expected: str, flag: str, record: s
                 f"{flag} {path} was made with model fingerprint {', '.join(wrong)}, but the checkpoint given has "
                 f"fingerprint {expected}: its vectors are in another embedding space and cannot be merged with or "
                 "read by this one. Pass the --checkpoint that made them, or recompute them with this checkpoint")
+
+
+def check_unique_users(files: Sequence[str], flag: str) -> None:
+    """Refuse previous profiles that hold a user twice (e.g. two runs' shards mixed in an old folder), in
+    one line naming the user and the files, before anything runs. Reads the user_id column only."""
+    columns = []
+    for path in files:
+        with FileSystems.open(path) as f:
+            ids = pq.ParquetFile(f).read(columns=["user_id"]).column(0).combine_chunks()
+        columns.append(pa.table({"user_id": ids, "file": pa.array([path] * len(ids), pa.string())}))
+    if not columns:
+        return
+    table = pa.concat_tables(columns)
+    counts = table.group_by("user_id").aggregate([("file", "count")])
+    twice = counts.filter(pc.greater(counts["file_count"], 1))
+    if twice.num_rows:
+        user = twice["user_id"][0].as_py()
+        where = sorted(set(table.filter(pc.equal(table["user_id"], user))["file"].to_pylist()))
+        raise CliError(f"{flag}: user {user!r} appears {twice['file_count'][0].as_py()} times (and "
+                       f"{twice.num_rows - 1} more users twice) in {', '.join(where)}: the folder mixes two states; "
+                       "pass one run's profiles, or rebuild them with a full run")
 
 
 def parse_as_dict(record_type, raw, source: str):
@@ -170,8 +197,12 @@ def explode_compressions(table: pa.Table):
 class ToTable(beam.DoFn):
     def __init__(self, schema: pa.Schema):
         self.schema = schema
+        self.tables = 0
 
     def process(self, records):
+        self.tables += 1
+        if self.tables == 2:  # the first table is in the writer's temp file by now
+            phase("writing")
         yield to_table(records, self.schema)
 
 

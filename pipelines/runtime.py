@@ -22,6 +22,7 @@ from commer import BackboneError, CheckpointError
 from commer.checkpoint import read_config
 from commer.config import ComMerConfig
 from commer.defaults import default_checkpoint
+from pipelines.output_state import remove_temp_folders
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,11 @@ def remove_stale_shards(folder: str, run_id: str, pattern: str) -> None:
     try:
         found = FileSystems.match([f"{folder}/{pattern}"])[0].metadata_list
     except Exception:  # the folder does not exist yet
-        return
+        found = []
     stale = [m.path for m in found if run_id not in m.path.rsplit("/", 1)[-1]]
     if stale:
         FileSystems.delete(stale)
+    remove_temp_folders(folder)  # and what killed runs left in Beam's temp folders
 
 
 def write_json(path: str, data: dict) -> None:
