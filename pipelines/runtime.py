@@ -35,6 +35,11 @@ class CliError(Exception):
     """A user error with a fix; the CLI prints it (naming the flag) without a traceback."""
 
 
+class DryRun(Exception):
+    """--dry_run=True: the runner built the job graph (e.g. for Dataflow) and submitted nothing, so there
+    are no results, counters or outputs to report; the CLI says so and exits 0."""
+
+
 def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 
@@ -61,6 +66,9 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     except (CliError, BackboneError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except DryRun as done:
+        print(done)
+        sys.exit(0)
     sys.exit(code or 0)
 
 
@@ -85,6 +93,9 @@ def run_pipeline(options, build: Callable, *args):
     pipeline = beam.Pipeline(options=options)
     build(pipeline, *args)
     result = pipeline.run()
+    if options.get_all_options().get("dry_run"):
+        runner = options.get_all_options().get("runner") or "the runner"
+        raise DryRun(f"job graph built for {runner.removesuffix('Runner')}, not submitted")
     result.wait_until_finish()
     return result, time.perf_counter() - started
 
