@@ -218,7 +218,7 @@ class Finalize(beam.DoFn):
 
 def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan) -> None:
     docs, dead = read_records(p, "Documents", plan.files, partial(parse_document, max_record_bytes=options.max_record_bytes),
-                              "records_read", "documents_valid", "dead_lettered")
+                              "records_read", "documents_valid", "dead_lettered", options.max_record_bytes)
     dead_letters = [dead]
     keyed = [docs | "KeyDocuments" >> beam.Map(lambda d: ((d.user_id, d.doc_id), Event.record(d)))]
     states = []

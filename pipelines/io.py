@@ -14,17 +14,17 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.coders import BytesCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
-from apache_beam.io.textio import ReadAllFromText, WriteToText
+from apache_beam.io.textio import WriteToText
 
 from pipelines.output_state import current_shards, phase
 from pipelines.profile_state import Change, PreviousProfile, Update
+from pipelines.reading import ReadJsonLines
 from pipelines.reconcile import Event
 from pipelines.runtime import CliError, counter
 from schemas import DeadLetter, read_metadata, tensor_column, to_table
-from schemas.validation import dead_letter_json, parse_record
+from schemas.validation import DEFAULT_MAX_RECORD_BYTES, dead_letter_json, parse_record
 
 DEAD = "dead"
 IN_PROFILE = "in_profile"
@@ -138,7 +138,7 @@ class ParseRecords(beam.DoFn):
         if isinstance(payload, pa.Table):
             raws = payload.to_pylist()
         else:
-            raws = [payload] if payload.strip() else []
+            raws = [payload] if payload.strip() else []  # bytes, or a reading.Oversized marker
         for raw in raws:
             if self.read is not None:
                 self.read.inc()
@@ -151,13 +151,15 @@ class ParseRecords(beam.DoFn):
                 yield result
 
 
-def read_records(p, label: str, files: Sequence[str], parse: Callable, read: str | None, valid: str, dead: str):
-    """(records, dead letters) from JSONL and Parquet files (told apart by extension)."""
+def read_records(p, label: str, files: Sequence[str], parse: Callable, read: str | None, valid: str, dead: str,
+                 max_line_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+    """(records, dead letters) from JSONL and Parquet files (told apart by extension). JSONL lines go through
+    the bounded reader (pipelines.reading): a line over `max_line_bytes` is never held whole."""
     records, dead_letters = [], []
     for fmt, chosen in (("Jsonl", [f for f in files if not is_parquet(f)]), ("Parquet", [f for f in files if is_parquet(f)])):
         if not chosen:
             continue
-        reader = (ReadAllFromText(with_filename=True, coder=BytesCoder()) if fmt == "Jsonl"
+        reader = (ReadJsonLines(max_line_bytes) if fmt == "Jsonl"
                   else ReadAllFromParquetBatched(with_filename=True))
         parsed = (p | f"List{label}{fmt}" >> beam.Create(chosen) | f"Read{label}{fmt}" >> reader
                   | f"Parse{label}{fmt}" >> beam.ParDo(ParseRecords(parse, read, valid, dead)).with_outputs(

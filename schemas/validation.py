@@ -21,6 +21,17 @@ HEX_PREFIX_BYTES = 256
 
 
 @dataclass(frozen=True)
+class Oversized:
+    """A line a bounded reader stopped keeping once it passed the size limit: its first bytes and true size."""
+
+    prefix: bytes = field(repr=False)
+    size: int
+
+    def strip(self) -> bytes:  # not blank: it is a record (to dead-letter)
+        return b"x"
+
+
+@dataclass(frozen=True)
 class ValidDocument:
     """What the pipeline carries after validation: small and cheap to encode."""
 
@@ -44,6 +55,9 @@ def _dead(stage: str, reason: str, source: str, record: str | None,
 def decode_line(raw: bytes | str, source: str = "",
                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> tuple[Any, str] | DeadLetter:
     """One JSONL line → (decoded JSON value, its text), or a dead letter (bad UTF-8, oversized, bad JSON)."""
+    if isinstance(raw, Oversized):
+        return _dead("parse", f"record is {raw.size} bytes, over --max_record_bytes={max_record_bytes}", source,
+                     _record_text(raw.prefix.decode("utf-8", "replace")))
     size = len(raw)
     if isinstance(raw, bytes):
         try:
