@@ -116,6 +116,9 @@ def remove_stale_shards(folder: str, run_id: str, pattern: str) -> None:
 
 
 def write_json(path: str, data: dict) -> None:
-    """A small JSON file (summary, metrics) on any filesystem Beam knows."""
-    with FileSystems.create(path) as f:
+    """A small JSON file (summary, metrics) on any filesystem Beam knows; written to a temporary name and
+    renamed into place, so a kill never leaves a truncated one."""
+    temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with FileSystems.create(temporary) as f:
         f.write(json.dumps(data, indent=2).encode())
+    FileSystems.rename([temporary], [path])
