@@ -1,8 +1,10 @@
 """Reading and writing for every job, on one filesystem layer (Beam's FileSystems: local, gs://, ...).
 
-    match / parquet_shards     input discovery (globs, run folders), failing early with the flag's name
+    match / parquet_shards     input discovery (globs, run folders, CURRENT), failing early with the flag's name
     check_fingerprints         a table made by another checkpoint is refused before anything runs
-    read_records               JSONL lines or Parquet rows → ParseRecords → records | dead letters
+    check_unique_users         previous profiles holding a user twice are refused in one line
+    read_records               JSONL lines (bounded reader, pipelines.reading) or Parquet rows → ParseRecords
+                               → records | dead letters
     ExplodePreviousProfiles / explode_compressions   a previous run's tables → keyed inputs
     write_tables / write_dead_letters   the sinks
 """
