@@ -33,9 +33,10 @@ from pydantic import BaseModel, Field
 
 from pipelines.combiners import AccumulatorFn, unchanged
 from pipelines.inference import ComMerModelHandler, Tokenize, split_batches, unbatch
-from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, explode_compressions, match,
-                          parquet_shards, read_records, write_dead_letters, write_tables)
+from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, check_unique_users,
+                          explode_compressions, match, parquet_shards, read_records, write_dead_letters, write_tables)
 from pipelines.options import add_dead_letter_flag, add_model_flags, dead_letter_folder, job_parser, parse, wants_help
+from pipelines.output_state import phase, publish, run_folder
 from pipelines.profile_state import Change, ProfileState, Update, apply_update
 from pipelines.reconcile import Deletion, Event, decide
 from pipelines.runtime import (CliError, checkpoint_config, counter_values, counters, new_run_id, remove_stale_shards,
@@ -147,6 +148,7 @@ def make_plan(options: argparse.Namespace) -> JobPlan:
     if options.previous_profiles:
         plan.previous_profile_files = parquet_shards(options.previous_profiles, "--previous_profiles", "profiles")
         check_fingerprints(plan.previous_profile_files, plan.fingerprint, "--previous_profiles", "Profile")
+        check_unique_users(plan.previous_profile_files, "--previous_profiles")
     if options.previous_document_compressions:
         plan.previous_compression_files = parquet_shards(options.previous_document_compressions,
                                                          "--previous_document_compressions",
@@ -216,7 +218,7 @@ class Finalize(beam.DoFn):
 
 def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan) -> None:
     docs, dead = read_records(p, "Documents", plan.files, partial(parse_document, max_record_bytes=options.max_record_bytes),
-                              "records_read", "documents_valid", "dead_lettered")
+                              "records_read", "documents_valid", "dead_lettered", options.max_record_bytes)
     dead_letters = [dead]
     keyed = [docs | "KeyDocuments" >> beam.Map(lambda d: ((d.user_id, d.doc_id), Event.record(d)))]
     states = []
@@ -258,14 +260,15 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan) -> None:
     profiles = (states | "FlattenStates" >> beam.Flatten()
                 | "MergeProfiles" >> beam.CombinePerKey(AccumulatorFn(ProfileState, apply_update, unchanged))
                 | "Finalize" >> beam.ParDo(Finalize(plan.fingerprint, plan.now)))
-    write_tables(profiles, "Profiles", f"{plan.output}/profiles/profiles-{plan.run_id}",
+    write_tables(profiles, "Profiles", f"{run_folder(plan.output + '/profiles', plan.run_id)}/profiles-{plan.run_id}",
                  arrow_schema(Profile, (plan.K, plan.d), plan.metadata), options.profiles_per_table)
     if plan.document_compressions_output:
         records = ((compressed, reconciled[CARRY]) | "FlattenCompressions" >> beam.Flatten()
                    | "CompressionRecords" >> beam.MapTuple(
                        lambda user_id, doc_id, comp, fp=plan.fingerprint: DocumentCompression(
                            user_id=user_id, doc_id=doc_id, compression=comp, model_fingerprint=fp)))
-        write_tables(records, "Compressions", f"{plan.document_compressions_output}/document_compressions-{plan.run_id}",
+        write_tables(records, "Compressions", f"{run_folder(plan.document_compressions_output, plan.run_id)}/"
+                     f"document_compressions-{plan.run_id}",
                      arrow_schema(DocumentCompression, (plan.K, plan.d), plan.metadata), 1024)
     write_dead_letters(dead_letters, plan.dead_letter_output, plan.run_id)
 
@@ -315,11 +318,12 @@ def run(argv: list[str]) -> dict:
               "but not yet useful for personalisation", file=sys.stderr)
     result, seconds = run_pipeline(options, build, flags, plan)
     summary = summarize(plan, counter_values(result, COUNTERS), seconds)
-    remove_stale_shards(f"{plan.output}/profiles", plan.run_id, "*.parquet")
+    phase("written")  # pipelines.output_state: CURRENT switches (compressions first, profiles last = commit)
+    if plan.document_compressions_output:  # full runs and carrying refreshes wrote every current compression
+        publish(plan.document_compressions_output, plan.run_id,
+                keep_previous=bool(plan.previous_profile_files and not plan.previous_compression_files))
+    publish(f"{plan.output}/profiles", plan.run_id)
     remove_stale_shards(plan.dead_letter_output, plan.run_id, "*.jsonl")
-    if plan.document_compressions_output and (plan.previous_compression_files or not plan.previous_profile_files):
-        # Full runs, and refreshes that carried the earlier compressions, wrote every current one.
-        remove_stale_shards(plan.document_compressions_output, plan.run_id, "*.parquet")
     write_json(f"{plan.output}/run_summary.json", summary)
     return summary
 

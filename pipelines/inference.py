@@ -20,6 +20,7 @@ from commer.checkpoint import read_config
 from commer.model import tokenize_documents
 from commer.prompting import fit_documents
 from pipelines.batching import batch_key
+from pipelines.output_state import phase
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
 from schemas import Prediction
 from schemas.validation import ValidDocument
@@ -140,7 +141,9 @@ class ComMerModelHandler(ModelHandler):
         self.large_model = large_model
 
     def load_model(self) -> Compressor:
-        return Compressor(shared_model(*self.args))
+        compressor = Compressor(shared_model(*self.args))
+        phase("model_loaded")
+        return compressor
 
     def run_inference(self, batch, model: Compressor, inference_args=None):
         return [PredictionResult([(x[0], x[1]) for x in element], model.compress([x[2] for x in element]))
@@ -160,6 +163,7 @@ class ComMerModelHandler(ModelHandler):
 
 
 def unbatch(result: PredictionResult):
+    phase("compressing")
     for (user_id, doc_id), comp in zip(result.example, result.inference):
         yield user_id, doc_id, np.asarray(comp, dtype=np.float32)
 

@@ -1,8 +1,10 @@
 """Reading and writing for every job, on one filesystem layer (Beam's FileSystems: local, gs://, ...).
 
-    match / parquet_shards     input discovery (globs, run folders), failing early with the flag's name
+    match / parquet_shards     input discovery (globs, run folders, CURRENT), failing early with the flag's name
     check_fingerprints         a table made by another checkpoint is refused before anything runs
-    read_records               JSONL lines or Parquet rows → ParseRecords → records | dead letters
+    check_unique_users         previous profiles holding a user twice are refused in one line
+    read_records               JSONL lines (bounded reader, pipelines.reading) or Parquet rows → ParseRecords
+                               → records | dead letters
     ExplodePreviousProfiles / explode_compressions   a previous run's tables → keyed inputs
     write_tables / write_dead_letters   the sinks
 """
@@ -14,16 +16,17 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.coders import BytesCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
-from apache_beam.io.textio import ReadAllFromText, WriteToText
+from apache_beam.io.textio import WriteToText
 
+from pipelines.output_state import current_shards, phase
 from pipelines.profile_state import Change, PreviousProfile, Update
+from pipelines.reading import ReadJsonLines
 from pipelines.reconcile import Event
 from pipelines.runtime import CliError, counter
 from schemas import DeadLetter, read_metadata, tensor_column, to_table
-from schemas.validation import parse_record
+from schemas.validation import DEFAULT_MAX_RECORD_BYTES, dead_letter_json, parse_record
 
 DEAD = "dead"
 IN_PROFILE = "in_profile"
@@ -50,6 +53,11 @@ def parquet_shards(path: str, flag: str, run_subfolder: str) -> list[str]:
     path = path.rstrip("/")
     if path.endswith(".parquet") or any(c in path for c in "*?["):
         return match(path, flag)
+    for table in (f"{path}/{run_subfolder}", path):  # a folder with CURRENT: its committed run(s) only
+        if (committed := current_shards(table)) is not None:
+            if not committed:
+                raise CliError(f"{flag} {path}: {table}/CURRENT names run folders without .parquet shards")
+            return committed
     for pattern in (f"{path}/{run_subfolder}/*.parquet", f"{path}/*.parquet"):
         try:
             found = _glob(pattern)
@@ -91,6 +99,27 @@ def check_fingerprints(files: Sequence[str], expected: str, flag: str, record: s
                 "read by this one. Pass the --checkpoint that made them, or recompute them with this checkpoint")
 
 
+def check_unique_users(files: Sequence[str], flag: str) -> None:
+    """Refuse previous profiles that hold a user twice (e.g. two runs' shards mixed in an old folder), in
+    one line naming the user and the files, before anything runs. Reads the user_id column only."""
+    columns = []
+    for path in files:
+        with FileSystems.open(path) as f:
+            ids = pq.ParquetFile(f).read(columns=["user_id"]).column(0).combine_chunks()
+        columns.append(pa.table({"user_id": ids, "file": pa.array([path] * len(ids), pa.string())}))
+    if not columns:
+        return
+    table = pa.concat_tables(columns)
+    counts = table.group_by("user_id").aggregate([("file", "count")])
+    twice = counts.filter(pc.greater(counts["file_count"], 1))
+    if twice.num_rows:
+        user = twice["user_id"][0].as_py()
+        where = sorted(set(table.filter(pc.equal(table["user_id"], user))["file"].to_pylist()))
+        raise CliError(f"{flag}: user {user!r} appears {twice['file_count'][0].as_py()} times (and "
+                       f"{twice.num_rows - 1} more users twice) in {', '.join(where)}: the folder mixes two states; "
+                       "pass one run's profiles, or rebuild them with a full run")
+
+
 def parse_as_dict(record_type, raw, source: str):
     """schemas.validation.parse_record, with the record as a plain dict (what generate and evaluate carry)."""
     result = parse_record(raw, record_type, source)
@@ -111,7 +140,7 @@ class ParseRecords(beam.DoFn):
         if isinstance(payload, pa.Table):
             raws = payload.to_pylist()
         else:
-            raws = [payload] if payload.strip() else []
+            raws = [payload] if payload.strip() else []  # bytes, or a reading.Oversized marker
         for raw in raws:
             if self.read is not None:
                 self.read.inc()
@@ -124,13 +153,15 @@ class ParseRecords(beam.DoFn):
                 yield result
 
 
-def read_records(p, label: str, files: Sequence[str], parse: Callable, read: str | None, valid: str, dead: str):
-    """(records, dead letters) from JSONL and Parquet files (told apart by extension)."""
+def read_records(p, label: str, files: Sequence[str], parse: Callable, read: str | None, valid: str, dead: str,
+                 max_line_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+    """(records, dead letters) from JSONL and Parquet files (told apart by extension). JSONL lines go through
+    the bounded reader (pipelines.reading): a line over `max_line_bytes` is never held whole."""
     records, dead_letters = [], []
     for fmt, chosen in (("Jsonl", [f for f in files if not is_parquet(f)]), ("Parquet", [f for f in files if is_parquet(f)])):
         if not chosen:
             continue
-        reader = (ReadAllFromText(with_filename=True, coder=BytesCoder()) if fmt == "Jsonl"
+        reader = (ReadJsonLines(max_line_bytes) if fmt == "Jsonl"
                   else ReadAllFromParquetBatched(with_filename=True))
         parsed = (p | f"List{label}{fmt}" >> beam.Create(chosen) | f"Read{label}{fmt}" >> reader
                   | f"Parse{label}{fmt}" >> beam.ParDo(ParseRecords(parse, read, valid, dead)).with_outputs(
@@ -170,8 +201,12 @@ def explode_compressions(table: pa.Table):
 class ToTable(beam.DoFn):
     def __init__(self, schema: pa.Schema):
         self.schema = schema
+        self.tables = 0
 
     def process(self, records):
+        self.tables += 1
+        if self.tables == 2:  # the first table is in the writer's temp file by now
+            phase("writing")
         yield to_table(records, self.schema)
 
 
@@ -186,5 +221,5 @@ def write_tables(records, label: str, prefix: str, schema: pa.Schema, rows_per_t
 def write_dead_letters(dead_letters: list, folder: str, run_id: str):
     """Every dead letter of a run → folder/dead_letters-RUN_ID-*.jsonl."""
     return (dead_letters | "FlattenDeadLetters" >> beam.Flatten()
-            | "DeadLettersToJson" >> beam.Map(lambda d: d.model_dump_json())
+            | "DeadLettersToJson" >> beam.Map(dead_letter_json)
             | "WriteDeadLetters" >> WriteToText(f"{folder}/dead_letters-{run_id}", file_name_suffix=".jsonl"))

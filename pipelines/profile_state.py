@@ -36,12 +36,13 @@ class PreviousProfile:
     soft_prompt: np.ndarray      # float32 K×d, carried unchanged when nothing changes
     updated_at: datetime
     fingerprint: str
+    user_id: str = ""            # only for error messages (the CombineFn does not see the key)
 
     @classmethod
     def from_row(cls, row: dict, total: np.ndarray, soft_prompt: np.ndarray) -> "PreviousProfile":
         return cls(total=np.asarray(total, dtype=np.float64), doc_ids=list(row["doc_ids"]),
                    soft_prompt=np.asarray(soft_prompt, dtype=np.float32), updated_at=row["updated_at"],
-                   fingerprint=row["model_fingerprint"])
+                   fingerprint=row["model_fingerprint"], user_id=row.get("user_id", ""))
 
 
 @dataclass
@@ -56,7 +57,7 @@ class ProfileState:
 
     def set_previous(self, previous: PreviousProfile, user_id: str = "") -> "ProfileState":
         if self.previous is not None:
-            raise StateError(f"user {user_id!r} appears twice in --previous_profiles")
+            raise StateError(f"user {user_id or previous.user_id!r} appears twice in --previous_profiles")
         self.previous = previous
         return self
 

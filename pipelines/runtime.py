@@ -22,6 +22,7 @@ from commer import BackboneError, CheckpointError
 from commer.checkpoint import read_config
 from commer.config import ComMerConfig
 from commer.defaults import default_checkpoint
+from pipelines.output_state import remove_temp_folders
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ INFERENCE_NAMESPACE = "commer_inference"
 
 class CliError(Exception):
     """A user error with a fix; the CLI prints it (naming the flag) without a traceback."""
+
+
+class DryRun(Exception):
+    """--dry_run=True: the runner built the job graph (e.g. for Dataflow) and submitted nothing, so there
+    are no results, counters or outputs to report; the CLI says so and exits 0."""
 
 
 def counter(name: str):
@@ -60,6 +66,9 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     except (CliError, BackboneError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except DryRun as done:
+        print(done)
+        sys.exit(0)
     sys.exit(code or 0)
 
 
@@ -84,6 +93,9 @@ def run_pipeline(options, build: Callable, *args):
     pipeline = beam.Pipeline(options=options)
     build(pipeline, *args)
     result = pipeline.run()
+    if options.get_all_options().get("dry_run"):
+        runner = options.get_all_options().get("runner") or "the runner"
+        raise DryRun(f"job graph built for {runner.removesuffix('Runner')}, not submitted")
     result.wait_until_finish()
     return result, time.perf_counter() - started
 
@@ -96,13 +108,17 @@ def remove_stale_shards(folder: str, run_id: str, pattern: str) -> None:
     try:
         found = FileSystems.match([f"{folder}/{pattern}"])[0].metadata_list
     except Exception:  # the folder does not exist yet
-        return
+        found = []
     stale = [m.path for m in found if run_id not in m.path.rsplit("/", 1)[-1]]
     if stale:
         FileSystems.delete(stale)
+    remove_temp_folders(folder)  # and what killed runs left in Beam's temp folders
 
 
 def write_json(path: str, data: dict) -> None:
-    """A small JSON file (summary, metrics) on any filesystem Beam knows."""
-    with FileSystems.create(path) as f:
+    """A small JSON file (summary, metrics) on any filesystem Beam knows; written to a temporary name and
+    renamed into place, so a kill never leaves a truncated one."""
+    temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with FileSystems.create(temporary) as f:
         f.write(json.dumps(data, indent=2).encode())
+    FileSystems.rename([temporary], [path])

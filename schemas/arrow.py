@@ -110,12 +110,40 @@ def read_parquet(path: str) -> pa.Table:
 
     fs, _, (root,) = fsspec.get_fs_token_paths(str(path))
     if fs.isdir(root):
-        # Only the Parquet shards: a job folder may also hold summaries or temp files.
-        files = sorted(f for f in fs.find(root) if f.endswith(".parquet"))
+        files = committed_parquet_files(fs, root.rstrip("/"))
         if not files:
             raise FileNotFoundError(f"no .parquet files under {path}")
         return ds.dataset(files, filesystem=fs, format="parquet").to_table()
     return ds.dataset(root, filesystem=fs, format="parquet").to_table()
+
+
+POINTER = "CURRENT"
+
+
+def _committed(fs, table: str) -> list[str] | None:
+    """A table folder's committed shards: the top level of the run folders its CURRENT names (the
+    one-state layout of pipelines.output_state), or None when it has no CURRENT."""
+    if not fs.isfile(f"{table}/{POINTER}"):
+        return None
+    runs = [r.strip() for r in fs.cat_file(f"{table}/{POINTER}").decode("utf-8").splitlines() if r.strip()]
+    return sorted(f for run in runs for f in fs.glob(f"{table}/{run}/*.parquet"))
+
+
+def committed_parquet_files(fs, root: str) -> list[str]:
+    """The Parquet shards a folder holds now (DESIGN.md invariant 9): follow CURRENT (in the folder, or in
+    its subfolders, e.g. a job's OUTPUT/profiles); without one, the legacy layout's *.parquet under it,
+    never what a killed writer left in a beam-temp-* folder or a hidden/temporary file."""
+    if (files := _committed(fs, root)) is not None:
+        return files
+    pointers = sorted(f for f in fs.find(root) if f.rsplit("/", 1)[-1] == POINTER)
+    tables = {f.rsplit("/", 1)[0] for f in pointers}
+    files = [f for t in sorted(tables) for f in _committed(fs, t) or []]
+    for f in sorted(fs.find(root)):
+        rel = f[len(root) + 1:].split("/")
+        if (f.endswith(".parquet") and not any(t == f or f.startswith(t + "/") for t in tables)
+                and not any(part.startswith(("beam-temp", ".", "_")) for part in rel)):
+            files.append(f)
+    return sorted(files)
 
 
 def read_metadata(table_or_schema) -> dict:

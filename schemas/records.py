@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from typing import Annotated, Optional
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StringConstraints, field_validator,
+                      model_validator)
 
 SCHEMA_VERSION = 1
 
@@ -33,7 +34,8 @@ def _tensor(dtype: str):
 
 Float32Tensor = _tensor("float32")
 Float64Tensor = _tensor("float64")
-NonEmptyId = Annotated[str, Field(min_length=1, max_length=512)]
+# Ids are stripped, then must be non-empty: " u1 " is "u1", and "   " is no id at all.
+NonEmptyId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
 
 
 def utc_now() -> datetime:
@@ -121,3 +123,28 @@ class DeadLetter(Record):
     user_id: Optional[str] = Field(None, description="The record's user_id, when it could be read.")
     doc_id: Optional[str] = Field(None, description="The record's doc_id, when it could be read.")
     record: Optional[str] = Field(None, description="The raw record as read (decoded text, or a hex prefix of undecodable bytes).")
+    escaped: bool = Field(False, description="True when a field held what JSON/UTF-8 cannot (lone surrogates): "
+                          "those characters are written as \\uXXXX text instead.")
+
+    @model_validator(mode="after")
+    def _writable(self) -> "DeadLetter":
+        """Writing a dead letter can never fail on the content it carries: invalid Unicode is escaped."""
+        changed = False
+        for name in ("stage", "reason", "source", "user_id", "doc_id", "record"):
+            value = getattr(self, name)
+            if isinstance(value, str) and (safe := json_safe(value)) != value:
+                object.__setattr__(self, name, safe)
+                changed = True
+        if changed and not self.escaped:
+            self.escaped = True
+            self.reason += " [invalid Unicode in this dead letter escaped as \\uXXXX]"
+        return self
+
+
+def json_safe(value: str) -> str:
+    """`value` unchanged when UTF-8 can hold it; otherwise lone surrogates written as \\uXXXX text."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -21,6 +21,17 @@ HEX_PREFIX_BYTES = 256
 
 
 @dataclass(frozen=True)
+class Oversized:
+    """A line a bounded reader stopped keeping once it passed the size limit: its first bytes and true size."""
+
+    prefix: bytes = field(repr=False)
+    size: int
+
+    def strip(self) -> bytes:  # not blank: it is a record (to dead-letter)
+        return b"x"
+
+
+@dataclass(frozen=True)
 class ValidDocument:
     """What the pipeline carries after validation: small and cheap to encode."""
 
@@ -44,23 +55,28 @@ def _dead(stage: str, reason: str, source: str, record: str | None,
 def decode_line(raw: bytes | str, source: str = "",
                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> tuple[Any, str] | DeadLetter:
     """One JSONL line → (decoded JSON value, its text), or a dead letter (bad UTF-8, oversized, bad JSON)."""
+    if isinstance(raw, Oversized):
+        return _dead("parse", f"record is {raw.size} bytes, over --max_record_bytes={max_record_bytes}", source,
+                     _record_text(raw.prefix.decode("utf-8", "replace")))
     size = len(raw)
     if isinstance(raw, bytes):
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark starts many exported files
         except UnicodeDecodeError as exc:
             return _dead("parse", f"record is not valid UTF-8 (bad byte at offset {exc.start})", source,
                          "hex:" + raw[:HEX_PREFIX_BYTES].hex())
     else:
-        text, size = raw, len(raw.encode("utf-8", "surrogatepass"))
+        text, size = raw.removeprefix("\ufeff"), len(raw.encode("utf-8", "surrogatepass"))
     if size > max_record_bytes:
         return _dead("parse", f"record is {size} bytes, over --max_record_bytes={max_record_bytes}",
                      source, _record_text(text))
     try:
         return json.loads(text), text
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return _dead("parse", f"malformed JSON: {exc.msg if hasattr(exc, 'msg') else 'too deeply nested'}",
+    except json.JSONDecodeError as exc:
+        return _dead("parse", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})",
                      source, _record_text(text))
+    except RecursionError:
+        return _dead("parse", "malformed JSON: too deeply nested", source, _record_text(text))
 
 
 def parse_record(raw: Any, record_type: type[BaseModel], source: str = "",
@@ -85,6 +101,9 @@ def _validate(row: Any, record_type: type[BaseModel], source: str, raw: str | No
     if not isinstance(row, dict):
         return _dead("validate", f"record is a JSON {type(row).__name__}, not an object", source,
                      _record_text(raw) if raw else None)
+    if (bad := invalid_unicode(row)) is not None:
+        # Never into a DoFn that can raise: the tokenizer (and UTF-8 writers) refuse lone surrogates.
+        return _dead("validate", bad, source, _record_text(raw) if raw else None, *_ids(row))
     try:
         return record_type.model_validate(row)
     except ValidationError as exc:
@@ -121,6 +140,33 @@ def validate_row(row: Any, source: str = "", raw: str | None = None,
     if isinstance(doc, DeadLetter):
         return doc
     return ValidDocument(doc.user_id, doc.doc_id, doc.text)
+
+
+def invalid_unicode(value: Any, where: str = "") -> str | None:
+    """A reason naming the first field whose text UTF-8 cannot encode (lone surrogates), else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"field '{where or 'record'}' holds invalid Unicode (lone surrogate at character {exc.start}); "
+                    "the tokenizer cannot take it")
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and (bad := invalid_unicode(key, where)) is not None:
+            return bad
+        if (bad := invalid_unicode(item, f"{where}.{key}" if where else str(key))) is not None:
+            return bad
+    return None
+
+
+def dead_letter_json(letter: DeadLetter) -> str:
+    """A dead letter as one JSON line; never fails on content (DeadLetter escapes invalid Unicode, and
+    a letter built around validation still comes out as ASCII-escaped JSON)."""
+    try:
+        return letter.model_dump_json()
+    except Exception:  # model_construct'ed or mutated letters: fall back to ASCII JSON, which holds anything
+        return json.dumps({**letter.model_dump(mode="python"), "escaped": True}, ensure_ascii=True, default=str)
 
 
 def _ids(row: Any) -> tuple[Any, Any]:
@@ -174,7 +220,8 @@ def parse_deletion(row: Any, source: str = "") -> tuple[str, str] | DeadLetter:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _dead("deletion", "malformed JSON in --deletions", source, None)
     user_id, doc_id = _ids(row)
-    if not (isinstance(user_id, str) and user_id and isinstance(doc_id, str) and doc_id):
+    user_id, doc_id = (x.strip() if isinstance(x, str) else x for x in (user_id, doc_id))
+    if not (isinstance(user_id, str) and user_id and isinstance(doc_id, str) and doc_id) or invalid_unicode(row):
         return _dead("deletion", "deletion needs non-empty string fields 'user_id' and 'doc_id'", source,
                      _safe_json(row), user_id, doc_id)
     return user_id, doc_id

@@ -90,7 +90,7 @@ def test_end_to_end_small_corpus(tmp_path, tiny_checkpoint, commer_cache, refere
     fingerprint = reference_model.fingerprint()
     assert all(p.model_fingerprint == fingerprint for p in got.values())
 
-    files = sorted((tmp_path / "out" / "profiles").glob("*.parquet"))
+    files = parquet_shards(str(tmp_path / "out"), "--profiles", "profiles")  # CURRENT's run folder
     df = pd.read_parquet(files[0])
     K, d = df.attrs["tensor_shape"]
     assert (K, d) == (4, 64) and df.attrs["commer"]["fingerprint"] == fingerprint
@@ -191,7 +191,7 @@ def test_other_fingerprint_is_refused_before_compressing(tmp_path, tiny_checkpoi
     ComMer.from_backbone(tiny_backbone, ComMerConfig(num_compression_tokens=4, max_document_tokens=64, seed=1,
                                                      lora={"r": 8, "alpha": 16, "dropout": 0.0}),
                          cache=commer_cache).save_pretrained(str(other))
-    theirs = read_metadata(pq.read_schema(next((tmp_path / "first" / "profiles").glob("*.parquet"))))["fingerprint"]
+    theirs = read_metadata(pq.read_schema(parquet_shards(str(tmp_path / "first"), "--profiles", "profiles")[0]))["fingerprint"]
     with pytest.raises(CliError) as err:
         job(tmp_path, str(other), commer_cache, tmp_path / "in.jsonl", "second",
             "--previous_profiles", str(tmp_path / "first"))
@@ -282,8 +282,10 @@ def test_refresh_in_place_replaces_the_old_shards(tmp_path, tiny_checkpoint, com
     job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "old.jsonl", "live")
     summary = job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "all.jsonl", "live",
                   "--previous_profiles", str(tmp_path / "live"))
-    shards = list((tmp_path / "live" / "profiles").glob("*.parquet"))
+    shards = [Path(f) for f in parquet_shards(str(tmp_path / "live"), "--profiles", "profiles")]
     assert len(shards) == 1 and summary["run_id"] in shards[0].name
+    # One state: CURRENT and this run's folder; the earlier run's folder is gone.
+    assert sorted(p.name for p in (tmp_path / "live" / "profiles").iterdir()) == sorted(["CURRENT", summary["run_id"]])
     assert sum(p.doc_count for p in profiles(tmp_path / "live").values()) == len(rows)
 
 

@@ -115,3 +115,11 @@ def test_inconsistent_inputs_are_refused():
         ProfileState().set_previous(previous).finalize("u", "another-fp", T0)
     with pytest.raises(StateError, match="not in the previous profile"):
         ProfileState().set_previous(previous).remove("d9", comps["d1"]).finalize("u", FP, T0)
+
+
+def test_a_user_twice_in_previous_profiles_is_named():
+    """Issue 15: the user id used to be lost on the way to the message (user '')."""
+    previous = PreviousProfile(np.zeros((1, 2)), ["d"], np.zeros((1, 2), np.float32), None, "fp", user_id="u7")
+    state = ProfileState().set_previous(previous)
+    with pytest.raises(StateError, match="'u7'"):
+        state.merge(ProfileState().set_previous(previous))

@@ -76,3 +76,51 @@ def test_deletions():
     assert parse_deletion({"user_id": "u", "doc_id": "d"}) == ("u", "d")
     assert isinstance(parse_deletion(b"{oops"), DeadLetter)
     assert isinstance(parse_deletion({"user_id": "u"}), DeadLetter)
+
+
+# ---- issue 15: nothing a record carries can take a run down ------------------------------
+
+SURROGATE_LINES = [
+    (b'{"user_id": "s", "doc_id": "1", "text": "x\\ud800y"}', "text", "s", "1"),
+    (b'{"user_id": "u\\udc80", "doc_id": "1", "text": "fine"}', "user_id", None, "1"),
+    (b'{"user_id": "u", "doc_id": "\\ud800", "text": "fine"}', "doc_id", "u", None),
+]
+
+
+@pytest.mark.parametrize("raw, field, user_id, doc_id", SURROGATE_LINES)
+def test_invalid_unicode_is_dead_lettered_naming_the_record(raw, field, user_id, doc_id):
+    letter = parse_json_line(raw, source="in.jsonl")
+    assert isinstance(letter, DeadLetter) and letter.stage == "validate"
+    assert f"field '{field}'" in letter.reason and "invalid Unicode" in letter.reason
+    if user_id:
+        assert letter.user_id == user_id
+    if doc_id:
+        assert letter.doc_id == doc_id
+    json.loads(letter.model_dump_json())  # writing it can never fail
+
+
+def test_dead_letters_escape_what_json_cannot_hold_and_say_so():
+    letter = DeadLetter(stage="s", reason="r", user_id="a\ud800", doc_id="\udfff", record='{"text": "x\ud800"}')
+    back = json.loads(letter.model_dump_json())
+    assert back["user_id"] == "a\\ud800" and back["doc_id"] == "\\udfff" and back["escaped"] is True
+    assert "escaped" in back["reason"]
+    assert json.loads(DeadLetter(stage="s", reason="r", user_id="ok").model_dump_json())["escaped"] is False
+
+
+def test_bom_is_accepted_and_ids_are_stripped_then_required():
+    assert parse_json_line(b"\xef\xbb\xbf" + line(user_id="u", doc_id="d", text="t")) == ValidDocument("u", "d", "t")
+    assert parse_json_line(line(user_id=" u ", doc_id="\td\n", text="t")) == ValidDocument("u", "d", "t")
+    for ids in ({"user_id": "   ", "doc_id": "d"}, {"user_id": "u", "doc_id": " \t"}):
+        letter = parse_json_line(line(text="t", **ids))
+        assert isinstance(letter, DeadLetter) and letter.stage == "validate"
+    assert parse_deletion(line(user_id=" u", doc_id="d ")) == ("u", "d")
+    assert isinstance(parse_deletion(line(user_id=" ", doc_id="d")), DeadLetter)
+
+
+@pytest.mark.parametrize("raw", [b'{"user_id": "u", "doc_id": "d", "text": "a\x01b"}', b'{"user_id": "u",, }',
+                                 b'{"user_id": "u"', b'\n\n{"a": 1} x'])
+def test_malformed_json_reasons_are_whole_with_line_and_column(raw):
+    letter = parse_json_line(raw)
+    assert isinstance(letter, DeadLetter) and letter.stage == "parse"
+    assert "line" in letter.reason and "column" in letter.reason, letter.reason
+    assert not letter.reason.rstrip().endswith(" at"), letter.reason
