@@ -224,7 +224,7 @@ def test_job_flags_keep_their_own_defaults_when_all_jobs_are_loaded():
     assert flags.batch_size == 16 and flags.output == "x"
     assert options.get_all_options()["direct_num_workers"] == 2 and options.get_all_options()["runner"] == "DirectRunner"
     assert parse(evaluate.parser, ["--output=x", "--batch_size=3"])[0].output == "x"
-    assert parse(compress_users.parser, [])[0].output == compress_users.DEFAULT_OUTPUT
+    assert parse(compress_users.parser, [])[0].output is None  # required: no silent default folder
     assert parse(compress_users.parser, ["--batch_size=3"])[0].batch_size == 3
     assert parse(generate.parser, [])[0].output is None
     # One dead-letter flag name; the old one is a hidden alias.
