@@ -308,7 +308,7 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
 
 def run(argv: list[str]) -> dict:
     """Build, run and report; returns the run summary (also written to OUTPUT/run_summary.json)."""
-    flags, options = parse(parser, argv, required=("output",))
+    flags, options = parse(parser, argv, required=("output",), check=True)
     plan = make_plan(flags)
     if not plan.trained:
         print(f"note: checkpoint {plan.checkpoint} is UNTRAINED (seeded initialisation); profiles are valid "

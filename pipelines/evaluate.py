@@ -264,7 +264,7 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv, required=("predictions", "output"))
+    opts, options = parse(parser, argv, required=("predictions", "output"), check=True)
     files = prediction_files(opts.predictions)
     if opts.references:
         check_references(opts.references)

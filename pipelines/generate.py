@@ -215,7 +215,7 @@ def settings_from(opts) -> GenerationSettings:
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv, required=("queries", "output"))
+    opts, options = parse(parser, argv, required=("queries", "output"), check=True)
     if opts.mode == "commer" and not opts.profiles:
         raise CliError("--mode=commer needs --profiles (compress_users' --output folder); "
                        "or use --mode=none for unpersonalised answers")

@@ -71,8 +71,14 @@ def check_fingerprints(files: Sequence[str], expected: str, flag: str, record: s
     another embedding space). Reads Parquet footers and the (tiny, dictionary-encoded) fingerprint
     column only, so it stays cheap for millions of rows."""
     for path in files:
-        with FileSystems.open(path) as f:
+        try:
+            f = FileSystems.open(path)
             parquet = pq.ParquetFile(f)
+        except (OSError, pa.ArrowException) as exc:  # unreadable, or not Parquet at all
+            raise CliError(f"{flag} {path}: cannot be read as Parquet ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:200]}); fix: pass the --output folder of the job that "
+                           "wrote it, and check its permissions") from None
+        with f:
             names = parquet.schema_arrow.names
             meta = read_metadata(parquet.schema_arrow)
             missing = [c for c in columns if c not in names]

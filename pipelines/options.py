@@ -10,6 +10,7 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.preflight import run_checks
 from pipelines.runtime import CliError
 
 # With no --runner, jobs run on the FnApiRunner: the engine Beam 2.77's DirectRunner uses for
@@ -59,14 +60,19 @@ def with_local_runner(argv: Sequence[str]) -> list[str]:
     return argv
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str],
-          required: Sequence[str] = ()) -> tuple[argparse.Namespace, PipelineOptions]:
-    """(the job's flags, PipelineOptions from every other argument); `required` flags must be given."""
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str], required: Sequence[str] = (),
+          check: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
+    """(the job's flags, PipelineOptions from every other argument); `required` flags must be given.
+    With `check`, the preflight checks run too (remote paths, checkpoint ↔ backbone): one-line errors
+    before anything is planned."""
     flags, rest = parser.parse_known_args(list(argv))
     for name in required:
         if not getattr(flags, name):
             raise CliError(f"--{name} is required (see --help)")
-    return flags, PipelineOptions(with_local_runner(rest))
+    options = PipelineOptions(with_local_runner(rest))
+    if check:
+        run_checks(flags, options)
+    return flags, options
 
 
 def wants_help(parser: argparse.ArgumentParser, argv: Sequence[str]) -> bool:
