@@ -312,8 +312,8 @@ def run(argv: list[str]) -> dict:
     plan = make_plan(flags)
     if not plan.trained:
         print(f"note: checkpoint {plan.checkpoint} is UNTRAINED (seeded initialisation); profiles are valid "
-              "but not yet useful for personalisation", file=sys.stderr)
-    result, seconds = run_pipeline(options, build, flags, plan)
+              "but not yet useful for personalization", file=sys.stderr)
+    result, seconds = run_pipeline(options, build, flags, plan, progress_unit="documents compressed")
     summary = summarize(plan, counter_values(result, COUNTERS), seconds)
     remove_stale_shards(f"{plan.output}/profiles", plan.run_id, "*.parquet")
     remove_stale_shards(plan.dead_letter_output, plan.run_id, "*.jsonl")

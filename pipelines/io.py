@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 from apache_beam.io.textio import ReadAllFromText, WriteToText
 
+from pipelines import progress
 from pipelines.profile_state import Change, PreviousProfile, Update
 from pipelines.reconcile import Event
 from pipelines.runtime import CliError, counter
@@ -121,6 +122,7 @@ class ParseRecords(beam.DoFn):
         for raw in raws:
             if self.read is not None:
                 self.read.inc()
+                progress.add(progress.READ)
             result = self.parse(raw, source)
             if isinstance(result, DeadLetter):
                 self.dead.inc()

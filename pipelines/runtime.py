@@ -22,6 +22,7 @@ from commer import BackboneError, CheckpointError
 from commer.checkpoint import read_config
 from commer.config import ComMerConfig
 from commer.defaults import default_checkpoint
+from pipelines import logs, progress
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,10 @@ def checkpoint_config(flags) -> tuple[str, ComMerConfig]:
 
 def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a job's main; user errors print one clear line and exit 2, never a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logs.setup(logs.level_from(argv))
     try:
-        code = main(list(sys.argv[1:] if argv is None else argv))
+        code = main(argv)
     except (CliError, BackboneError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -78,13 +80,15 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
-def run_pipeline(options, build: Callable, *args):
-    """Build a pipeline with `build(pipeline, *args)`, run it to the end; (result, seconds)."""
+def run_pipeline(options, build: Callable, *args, progress_unit: str | None = None):
+    """Build a pipeline with `build(pipeline, *args)`, run it to the end; (result, seconds).
+    With `progress_unit` (e.g. "documents compressed"), a local run logs a progress line every 10 s."""
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     build(pipeline, *args)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with progress.report(options, progress_unit):
+        result = pipeline.run()
+        result.wait_until_finish()
     return result, time.perf_counter() - started
 
 

@@ -8,8 +8,8 @@ also exercises multi-file input. It also writes:
 
     queries.jsonl            one query per style, asked of the first user of that style, with a
                              reference written in that user's style about that user's topics (so
-                             personalised answers can be told from unpersonalised ones), plus one
-                             query from a user with no documents (answered unpersonalised)
+                             personalized answers can be told from unpersonalized ones), plus one
+                             query from a user with no documents (answered unpersonalized)
     dead_letter_demo.jsonl   a few deliberately broken document records, to see dead letters:
                              python3 -m pipelines.compress_users --input pipelines/sample_data/dead_letter_demo.jsonl \
                                  --output /tmp/commer_dead_letter_demo

@@ -89,6 +89,7 @@ def test_every_valid_query_is_answered_and_unknown_user_flagged(generated, tiny)
     rows = _predictions(generated["out"])
     assert sorted(rows) == ["q1", "q2", "q3", "q4", "q5"]
     assert rows["q5"]["personalized"] is False and rows["q5"]["doc_count"] == 0
+    assert all(rows[q["query_id"]]["instruction"] == q["instruction"] for q in QUERIES)  # what was asked
     assert all(rows[q]["personalized"] for q in ("q1", "q2", "q3", "q4"))
     assert rows["q1"]["doc_count"] == 3 and rows["q3"]["doc_count"] == 2
     assert {r["model_fingerprint"] for r in rows.values()} == {tiny.fingerprint()}
