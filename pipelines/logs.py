@@ -12,6 +12,9 @@ import os
 import warnings
 from typing import Sequence
 
+import huggingface_hub.utils as hf_hub_utils
+import transformers.utils.logging as hf_logging
+
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_LEVEL = "WARNING"
 OWN_LOGGERS = ("pipelines", "commer", "schemas", "training")
@@ -61,6 +64,9 @@ def setup(level: str = DEFAULT_LEVEL) -> None:
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        hf_logging.disable_progress_bar()  # the env vars above only reach processes started later
+        hf_logging.set_verbosity_error()
+        hf_hub_utils.disable_progress_bars()
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     logging.captureWarnings(True)

@@ -144,5 +144,6 @@ def test_an_unreadable_profiles_folder_is_one_line(tmp_path, content, tiny_check
         run_cli(generate.main, [f"--profiles={folder}", f"--queries={queries}", f"--output={tmp_path}/o",
                                 f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}"])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: --profiles {shard}: cannot be read")
+    text = capsys.readouterr().err
+    err = [line for line in text.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in text and len(err) == 1 and err[0].startswith(f"error: --profiles {shard}: cannot be read")
