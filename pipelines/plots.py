@@ -53,8 +53,9 @@ def quality_vs_doc_count(by_doc_count: list[dict], path: str, title: str = "") -
         labels = [("none" if r["bucket"] == "0" else r["bucket"]) + f"\n(n={r['with_reference']})" for r in rows]
         x = list(range(len(rows)))
         line = "-" if shows_trend(rows) else "none"  # points only: too few buckets or queries for a trend
-        for key, name, marker in (("rouge1", "ROUGE-1", "o"), ("rougeL", "ROUGE-L", "s")):
-            ax.plot(x, [r[key] if r[key] is not None else float("nan") for r in rows], marker=marker, label=name,
+        for key, name, marker, shift in (("rouge1", "ROUGE-1", "o", -0.06), ("rougeL", "ROUGE-L", "s", 0.06)):
+            at = x if line == "-" else [i + shift for i in x]  # side by side, so equal values both show
+            ax.plot(at, [r[key] if r[key] is not None else float("nan") for r in rows], marker=marker, label=name,
                     linestyle=line)
         if line == "none":
             title = title or (f"Quality against the number of documents\n(points only: a trend needs ≥ "
