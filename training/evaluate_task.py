@@ -23,6 +23,7 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 from commer import ComMer
 from commer.defaults import default_checkpoint
@@ -51,14 +52,16 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
 
 @torch.no_grad()
 def evaluate(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,
-             max_new_tokens: int = 24, generate: bool = True) -> dict:
-    """Perplexity (token-level and mean per example) and ROUGE-1/L of greedy answers."""
+             max_new_tokens: int = 24, generate: bool = True, progress: bool = True) -> dict:
+    """Perplexity (token-level and mean per example) and ROUGE-1/L of greedy answers (a bar on stderr)."""
     model.eval()
     total_nll = total_tokens = 0.0
     per_example: list[float] = []
     prompt_lengths: list[int] = []
     predictions: list[str] = []
     started = time.time()
+    bar = tqdm(total=len(examples), desc=f"evaluate {method} n={num_documents}", unit="example",
+               dynamic_ncols=True, disable=not progress)
     for start in range(0, len(examples), batch_size):
         batch = examples[start: start + batch_size]
         docs = [e.documents[:num_documents] for e in batch]
@@ -77,6 +80,8 @@ def evaluate(model, method: str, examples: list[Example], num_documents: int, ba
         total_nll += float(nll.sum())
         total_tokens += float(count.sum())
         per_example += torch.exp(nll / count).tolist()
+        bar.update(len(batch))
+    bar.close()
     result = {
         "method": method, "num_documents": num_documents if method != "none" else 0, "examples": len(examples),
         "perplexity": math.exp(total_nll / max(total_tokens, 1.0)),

@@ -1,6 +1,7 @@
 """What a user sees on the console: quiet by default, a progress line at a steady interval,
 defaults in --help, output paths printed."""
 import logging
+import os
 import time
 
 import pytest
@@ -9,7 +10,11 @@ from pipelines import compress_users, evaluate, generate, logs, progress
 
 
 @pytest.fixture
-def restore_logging():
+def restore_logging(monkeypatch):
+    for key in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))  # restored after the test
+        if not os.environ[key]:
+            monkeypatch.delenv(key)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     own = {name: logging.getLogger(name).level for name in logs.OWN_LOGGERS}
