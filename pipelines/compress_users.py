@@ -1,6 +1,6 @@
 """The main job: user documents → one ComMer soft prompt per user, with nightly incremental refresh.
 
-    python -m pipelines.compress_users                      # sample corpus, in-process runner, ./commer_output
+    python -m pipelines.compress_users --output commer_output   # sample corpus, in-process runner
     python -m pipelines.compress_users --input 'gs://b/docs/*.jsonl' --output gs://b/profiles/2026-11-24 \
         --previous_profiles gs://b/profiles/2026-11-23 --runner DataflowRunner ...
 
@@ -46,8 +46,7 @@ from schemas.validation import DEFAULT_MAX_RECORD_BYTES, duplicate_letter, parse
 
 log = logging.getLogger(__name__)
 
-SAMPLE_INPUT = str(Path(__file__).parent / "sample_data" / "*.jsonl")
-DEFAULT_OUTPUT = "./commer_output"
+SAMPLE_INPUT = str(Path(__file__).parent / "sample_data" / "documents-*.jsonl")
 REMOVE, CARRY = "remove", "carry"
 COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "already_merged", "compressed",
             "truncated", "tokens", "deletions_requested", "deletions_applied", "deletions_unmatched",
@@ -56,14 +55,15 @@ COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "a
 
 parser = job_parser(
     "python -m pipelines.compress_users",
-    "Compress each user's documents into one ComMer soft prompt (Apache Beam). With no flags: the shipped sample "
-    "corpus on the in-process FnApiRunner (the DirectRunner's batch engine), profiles in ./commer_output.")
+    "Compress each user's documents into one ComMer soft prompt (Apache Beam). With only --output: the shipped "
+    "sample corpus on the in-process FnApiRunner (the DirectRunner's batch engine).")
 add_dead_letter_flag(parser)
 add_model_flags(parser)
 parser.add_argument("--input", default=None, help="Documents: a file glob, local or gs://. Files ending in .parquet "
                     "are read as Parquet, all others as JSONL (gzip by extension). Each record: user_id, doc_id, "
-                    "text (+ optional created_at). Default: the sample corpus shipped in the package.")
-parser.add_argument("--output", default=DEFAULT_OUTPUT, help="Output folder (local or gs://): profiles in "
+                    "text (+ optional created_at). Default: the sample corpus shipped in the package "
+                    "(sample_data/documents-*.jsonl).")
+parser.add_argument("--output", default=None, help="Required. Output folder (local or gs://): profiles in "
                     "OUTPUT/profiles/*.parquet and OUTPUT/run_summary.json. Profile shards of earlier runs there "
                     "are replaced once this run succeeds.")
 parser.add_argument("--document_compressions_output", default=None, help="Optional folder for per-document K×d "
@@ -311,12 +311,12 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
 
 def run(argv: list[str]) -> dict:
     """Build, run and report; returns the run summary (also written to OUTPUT/run_summary.json)."""
-    flags, options = parse(parser, argv)
+    flags, options = parse(parser, argv, required=("output",), check=True)
     plan = make_plan(flags)
     if not plan.trained:
         print(f"note: checkpoint {plan.checkpoint} is UNTRAINED (seeded initialisation); profiles are valid "
-              "but not yet useful for personalisation", file=sys.stderr)
-    result, seconds = run_pipeline(options, build, flags, plan)
+              "but not yet useful for personalization", file=sys.stderr)
+    result, seconds = run_pipeline(options, build, flags, plan, progress_unit="documents compressed")
     summary = summarize(plan, counter_values(result, COUNTERS), seconds)
     phase("written")  # pipelines.output_state: CURRENT switches (compressions first, profiles last = commit)
     if plan.document_compressions_output:  # full runs and carrying refreshes wrote every current compression

@@ -8,7 +8,7 @@
     per query: ROUGE-1, ROUGE-L (LaMP's conventions), perplexity (recorded by generate)
           ├─► OUTPUT/per_query-*.jsonl
           ├─► CombinePerKey by user ──► OUTPUT/per_user-*.jsonl ──► per-user distribution
-          ├─► CombinePerKey by personalised / by document-count bucket
+          ├─► CombinePerKey by personalized / by document-count bucket
           └─► CombineGlobally overall
     OUTPUT/metrics.json and OUTPUT/*.png (quality vs documents, per-user ROUGE-L, perplexity)
 
@@ -264,7 +264,7 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv, required=("predictions", "output"))
+    opts, options = parse(parser, argv, required=("predictions", "output"), check=True)
     files = prediction_files(opts.predictions)
     if opts.references:
         check_references(opts.references)
@@ -286,9 +286,9 @@ def main(argv: list[str]) -> int:
     metrics["seconds"] = round(time.perf_counter() - started, 2)  # pipeline + plots
     write_json(f"{output}/metrics.json", metrics)
     overall = metrics["overall"]
-    log.info("evaluate: %d predictions, %d with a reference: ROUGE-1 %s, ROUGE-L %s, mean perplexity %s -> %s",
-             overall["queries"], overall["with_reference"], _fmt(overall["rouge1"]), _fmt(overall["rougeL"]),
-             _fmt(overall["perplexity"]["mean"]), f"{output}/metrics.json")
+    print(f"predictions: {overall['queries']}, {overall['with_reference']} with a reference: ROUGE-1 "
+          f"{_fmt(overall['rouge1'])}, ROUGE-L {_fmt(overall['rougeL'])}, mean perplexity {_fmt(overall['perplexity']['mean'])}")
+    print(f"metrics: {output}/metrics.json  plots: {' '.join(metrics['files']['plots']) or 'none (--no_plots)'}")
     return 0
 
 

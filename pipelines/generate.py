@@ -15,7 +15,7 @@
 A query whose user has no profile is still answered, without a soft prompt, and marked
 personalized=false. Profiles made by another checkpoint (fingerprint) are refused before
 anything runs. Modes: commer (soft prompt), in_prompt (documents as text, the baseline),
-none (no personalisation), all on the same frozen backbone so quality and prompt length compare.
+none (no personalization), all on the same frozen backbone so quality and prompt length compare.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ parser.add_argument("--output_format", default="parquet", choices=["parquet", "j
                     help="Predictions as Parquet (schemas.Prediction), JSON lines, or both.")
 parser.add_argument("--mode", default="commer", choices=list(MODES),
                     help="commer: the user's soft prompt; in_prompt: the user's top --num_documents documents "
-                         "by BM25 as plain text (baseline; needs --documents); none: no personalisation.")
+                         "by BM25 as plain text (baseline; needs --documents); none: no personalization.")
 parser.add_argument("--documents", default=None,
                     help="Documents (same format as compress_users' input: user_id, doc_id, text) for "
                          "--mode=in_prompt.")
@@ -92,7 +92,7 @@ def profile_rows(table) -> Iterable[tuple[str, dict]]:
 class PlanUser(beam.DoFn):
     """A user's queries → generation requests, with the user's soft prompt or documents.
 
-    Queries are never dropped for lack of a profile: they become non-personalised requests.
+    Queries are never dropped for lack of a profile: they become non-personalized requests.
     """
 
     def __init__(self, settings: GenerationSettings):
@@ -215,10 +215,10 @@ def settings_from(opts) -> GenerationSettings:
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv, required=("queries", "output"))
+    opts, options = parse(parser, argv, required=("queries", "output"), check=True)
     if opts.mode == "commer" and not opts.profiles:
         raise CliError("--mode=commer needs --profiles (compress_users' --output folder); "
-                       "or use --mode=none for unpersonalised answers")
+                       "or use --mode=none for unpersonalized answers")
     if opts.mode == "in_prompt" and not opts.documents:
         raise CliError("--mode=in_prompt needs --documents (the users' documents, as given to compress_users)")
     query_files = match(opts.queries, "--queries")
@@ -233,7 +233,7 @@ def main(argv: list[str]) -> int:
 
     output, run_id = opts.output.rstrip("/"), new_run_id()
     result, seconds = run_pipeline(options, build, opts, settings, query_files, document_files, shards,
-                                   run_id)
+                                   run_id, progress_unit="queries answered")
     remove_stale_shards(output, run_id, "predictions-*")
     remove_stale_shards(dead_letter_folder(opts), run_id, "dead_letters-*")
 
@@ -254,8 +254,10 @@ def main(argv: list[str]) -> int:
         "settings": settings.model_dump(),
     }
     write_json(f"{output}/run_summary.json", summary)
-    log.info("generate: %d queries read, %d answered (%d personalised), %d dead-lettered, %d duplicates, %.1f s",
-             read, answered, summary["predictions_personalized"], rejected, duplicates, seconds)
+    print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized), "
+          f"{rejected} dead-lettered, {duplicates} duplicates  ({seconds:.1f} s)")
+    print(f"predictions: {output}/predictions-{run_id}-*.{'parquet' if opts.output_format != 'jsonl' else 'jsonl'}  "
+          f"dead letters: {dead_letter_folder(opts)}  summary: {output}/run_summary.json")
     if not summary["reconciled"]:
         log.error("queries read (%d) != answered + dead-lettered + duplicates; see run_summary.json", read)
         return 1

@@ -19,6 +19,7 @@ from commer.backbone import resolve_backbone
 from commer.checkpoint import read_config
 from commer.model import tokenize_documents
 from commer.prompting import fit_documents
+from pipelines import progress
 from pipelines.batching import batch_key
 from pipelines.output_state import phase
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
@@ -84,6 +85,7 @@ class Tokenize(beam.DoFn):
 
 
 _PADDING_TOKENS = counter("padding_tokens")
+_INFERRED = counter("documents_inferred")
 
 
 def split_batches(element, batch_size: int, window_batches: int = SORT_WINDOW_BATCHES):
@@ -146,8 +148,12 @@ class ComMerModelHandler(ModelHandler):
         return compressor
 
     def run_inference(self, batch, model: Compressor, inference_args=None):
-        return [PredictionResult([(x[0], x[1]) for x in element], model.compress([x[2] for x in element]))
-                for element in batch]
+        results = [PredictionResult([(x[0], x[1]) for x in element], model.compress([x[2] for x in element]))
+                   for element in batch]
+        done = sum(len(element) for element in batch)
+        progress.add(progress.DONE, done)
+        _INFERRED.inc(done)  # the same progress as a Beam metric (Dataflow's console)
+        return results
 
     def get_num_bytes(self, batch) -> int:
         return sum(8 * len(x[2]) for element in batch for x in element)
@@ -252,8 +258,9 @@ class ComMerGenerator(ModelHandler):
                                   [rows[i]["reference"] for i in scored], max_prompt_tokens=limit).tolist()
             for i, v in zip(scored, values):
                 perplexity[i] = float(v)
+        progress.add(progress.DONE, len(rows))
         for r, text, p, x, n, ppl in zip(rows, texts, soft, instructions, doc_counts, perplexity):
             tokens = len(m.prompt_ids(x, limit)) + (m.K if p is not None else 0)
-            yield Prediction(user_id=r["user_id"], query_id=r["query_id"], prediction=text,
+            yield Prediction(user_id=r["user_id"], query_id=r["query_id"], instruction=r["instruction"], prediction=text,
                              personalized=r["personalized"], doc_count=n, reference=r["reference"],
                              perplexity=ppl, prompt_tokens=tokens, model_fingerprint=s.fingerprint).model_dump()

@@ -21,6 +21,7 @@ from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBa
 from apache_beam.io.textio import WriteToText
 
 from pipelines.output_state import current_shards, phase
+from pipelines import progress
 from pipelines.profile_state import Change, PreviousProfile, Update
 from pipelines.reading import ReadJsonLines
 from pipelines.reconcile import Event
@@ -79,8 +80,14 @@ def check_fingerprints(files: Sequence[str], expected: str, flag: str, record: s
     another embedding space). Reads Parquet footers and the (tiny, dictionary-encoded) fingerprint
     column only, so it stays cheap for millions of rows."""
     for path in files:
-        with FileSystems.open(path) as f:
+        try:
+            f = FileSystems.open(path)
             parquet = pq.ParquetFile(f)
+        except (OSError, pa.ArrowException) as exc:  # unreadable, or not Parquet at all
+            raise CliError(f"{flag} {path}: cannot be read as Parquet ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:200]}); fix: pass the --output folder of the job that "
+                           "wrote it, and check its permissions") from None
+        with f:
             names = parquet.schema_arrow.names
             meta = read_metadata(parquet.schema_arrow)
             missing = [c for c in columns if c not in names]
@@ -144,6 +151,7 @@ class ParseRecords(beam.DoFn):
         for raw in raws:
             if self.read is not None:
                 self.read.inc()
+                progress.add(progress.READ)
             result = self.parse(raw, source)
             if isinstance(result, DeadLetter):
                 self.dead.inc()

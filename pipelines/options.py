@@ -10,6 +10,8 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines import logs
+from pipelines.preflight import run_checks
 from pipelines.runtime import CliError
 
 # With no --runner, jobs run on the FnApiRunner: the engine Beam 2.77's DirectRunner uses for
@@ -19,12 +21,25 @@ LOCAL_RUNNER = "FnApiRunner"
 DEAD_LETTER_FLAG = "--dead_letter_output"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written; every flag with a real default shows it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
+
 def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog=prog, description=description, add_help=False, allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="Any Beam pipeline flag (--runner, --project, --region, --temp_location, --setup_file, "
                "--num_workers, --direct_num_workers, ...) is also accepted.")
+    parser.add_argument("--log_level", default=logs.DEFAULT_LEVEL, choices=logs.LEVELS, type=str.upper,
+                        help="Level for library messages (Beam, transformers); ComMer's own lines stay at INFO "
+                             "unless this is ERROR")
+    return parser
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -59,14 +74,19 @@ def with_local_runner(argv: Sequence[str]) -> list[str]:
     return argv
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str],
-          required: Sequence[str] = ()) -> tuple[argparse.Namespace, PipelineOptions]:
-    """(the job's flags, PipelineOptions from every other argument); `required` flags must be given."""
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str], required: Sequence[str] = (),
+          check: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
+    """(the job's flags, PipelineOptions from every other argument); `required` flags must be given.
+    With `check`, the preflight checks run too (remote paths, checkpoint ↔ backbone): one-line errors
+    before anything is planned."""
     flags, rest = parser.parse_known_args(list(argv))
     for name in required:
         if not getattr(flags, name):
             raise CliError(f"--{name} is required (see --help)")
-    return flags, PipelineOptions(with_local_runner(rest))
+    options = PipelineOptions(with_local_runner(rest))
+    if check:
+        run_checks(flags, options)
+    return flags, options
 
 
 def wants_help(parser: argparse.ArgumentParser, argv: Sequence[str]) -> bool:

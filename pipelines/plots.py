@@ -12,10 +12,19 @@ from apache_beam.io.filesystems import FileSystems
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 QUALITY_PLOT = "quality_vs_doc_count.png"
 USER_ROUGE_PLOT = "per_user_rougeL.png"
 PERPLEXITY_PLOT = "perplexity_histogram.png"
+# A line between buckets claims a trend: drawn only across this many buckets with this many scored queries each.
+TREND_MIN_BUCKETS = 3
+TREND_MIN_QUERIES = 5
+
+
+def shows_trend(rows: list[dict]) -> bool:
+    """Whether the buckets support a trend line (else points only, each with its count)."""
+    return len(rows) >= TREND_MIN_BUCKETS and all(r["with_reference"] >= TREND_MIN_QUERIES for r in rows)
 
 
 def _save(fig, path: str) -> None:
@@ -40,10 +49,18 @@ def quality_vs_doc_count(by_doc_count: list[dict], path: str, title: str = "") -
     if not any(r["with_reference"] for r in rows):
         _empty(ax, "no predictions with a reference")
     else:
+        rows = [r for r in rows if r["with_reference"]]
         labels = [("none" if r["bucket"] == "0" else r["bucket"]) + f"\n(n={r['with_reference']})" for r in rows]
         x = list(range(len(rows)))
-        for key, name, marker in (("rouge1", "ROUGE-1", "o"), ("rougeL", "ROUGE-L", "s")):
-            ax.plot(x, [r[key] if r[key] is not None else float("nan") for r in rows], marker=marker, label=name)
+        line = "-" if shows_trend(rows) else "none"  # points only: too few buckets or queries for a trend
+        for key, name, marker, shift in (("rouge1", "ROUGE-1", "o", -0.06), ("rougeL", "ROUGE-L", "s", 0.06)):
+            at = x if line == "-" else [i + shift for i in x]  # side by side, so equal values both show
+            ax.plot(at, [r[key] if r[key] is not None else float("nan") for r in rows], marker=marker, label=name,
+                    linestyle=line)
+        if line == "none":
+            title = title or (f"Quality against the number of documents\n(points only: a trend needs ≥ "
+                              f"{TREND_MIN_BUCKETS} buckets with ≥ {TREND_MIN_QUERIES} queries each)")
+        ax.set_xlim(-0.5, len(rows) - 0.5)
         ax.set_xticks(x, labels)
         ax.set_xlabel("documents behind the answer: in the soft prompt, or in the prompt text (n = queries scored)")
         ax.set_ylabel("mean F-measure")
@@ -51,10 +68,12 @@ def quality_vs_doc_count(by_doc_count: list[dict], path: str, title: str = "") -
         ppl = [r["perplexity"]["mean"] for r in rows]
         if any(p is not None for p in ppl):
             twin = ax.twinx()
-            twin.plot(x, [p if p is not None else float("nan") for p in ppl], color="tab:red", linestyle="--",
-                      marker="^", label="perplexity")
+            twin.plot(x, [p if p is not None else float("nan") for p in ppl], color="tab:red",
+                      linestyle="--" if line == "-" else "none", marker="^", label="perplexity")
             twin.set_ylabel("mean perplexity of the reference", color="tab:red")
-            twin.set_yscale("log")
+            known = [p for p in ppl if p is not None]
+            if max(known) > 10 * min(known):  # a log axis only where the values span a decade
+                twin.set_yscale("log")
             lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
             ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
         else:
@@ -86,6 +105,7 @@ def per_user_rouge(distribution: dict, path: str, title: str = "") -> None:
                    label=f"mean over users = {distribution['mean']:.3f}")
         ax.set_xlabel("mean ROUGE-L of the user's queries")
         ax.set_ylabel("users")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     ax.set_title(title or f"Per-user ROUGE-L ({distribution['count']} users)")
     _save(fig, path)
@@ -106,6 +126,7 @@ def perplexity_histogram(perplexity: dict, path: str, title: str = "") -> None:
                     ha="right", va="top", transform=ax.transAxes, fontsize=8)
         ax.set_xlabel("perplexity of the reference answer (log scale)")
         ax.set_ylabel("queries")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     ax.set_title(title or f"Perplexity of the reference ({perplexity['count']} queries)")
     _save(fig, path)

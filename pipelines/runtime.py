@@ -23,6 +23,7 @@ from commer.checkpoint import read_config
 from commer.config import ComMerConfig
 from commer.defaults import default_checkpoint
 from pipelines.output_state import remove_temp_folders
+from pipelines import logs, progress
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,10 @@ def checkpoint_config(flags) -> tuple[str, ComMerConfig]:
 
 def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a job's main; user errors print one clear line and exit 2, never a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logs.setup(logs.level_from(argv))
     try:
-        code = main(list(sys.argv[1:] if argv is None else argv))
+        code = main(argv)
     except (CliError, BackboneError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -87,16 +89,18 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
-def run_pipeline(options, build: Callable, *args):
-    """Build a pipeline with `build(pipeline, *args)`, run it to the end; (result, seconds)."""
+def run_pipeline(options, build: Callable, *args, progress_unit: str | None = None):
+    """Build a pipeline with `build(pipeline, *args)`, run it to the end; (result, seconds).
+    With `progress_unit` (e.g. "documents compressed"), a local run logs a progress line every 10 s."""
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     build(pipeline, *args)
-    result = pipeline.run()
-    if options.get_all_options().get("dry_run"):
-        runner = options.get_all_options().get("runner") or "the runner"
-        raise DryRun(f"job graph built for {runner.removesuffix('Runner')}, not submitted")
-    result.wait_until_finish()
+    with progress.report(options, progress_unit):
+        result = pipeline.run()
+        if options.get_all_options().get("dry_run"):
+            runner = options.get_all_options().get("runner") or "the runner"
+            raise DryRun(f"job graph built for {runner.removesuffix('Runner')}, not submitted")
+        result.wait_until_finish()
     return result, time.perf_counter() - started
 
 

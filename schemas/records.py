@@ -101,9 +101,10 @@ class Prediction(Record):
 
     user_id: NonEmptyId = Field(description="The user.")
     query_id: NonEmptyId = Field(description="The query answered.")
+    instruction: Optional[str] = Field(None, description="The query's instruction (what was asked).")
     prediction: str = Field(description="The generated text.")
     personalized: bool = Field(description="False when the user had no profile (generated without a soft prompt).")
-    doc_count: int = Field(0, ge=0, description="Documents in the profile used (0 when not personalised).")
+    doc_count: int = Field(0, ge=0, description="Documents in the profile used (0 when not personalized).")
     reference: Optional[str] = Field(None, description="The query's reference answer, if it had one.")
     perplexity: Optional[float] = Field(None, description="Perplexity of the reference given the soft prompt.")
     prompt_tokens: int = Field(0, ge=0, description="Positions the generator processed before answering.")

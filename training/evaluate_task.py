@@ -25,6 +25,7 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 from commer import ComMer
 from commer.defaults import default_checkpoint
@@ -123,9 +124,13 @@ def score_examples(model, method: str, examples: list[Example], num_documents: i
 
 
 def evaluate(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,
-             max_new_tokens: int = 24, generate: bool = True) -> dict:
-    """Perplexity (token-level and mean per example) and ROUGE-1/L of greedy answers."""
-    scored = score_examples(model, method, examples, num_documents, batch_size, max_new_tokens, generate)
+             max_new_tokens: int = 24, generate: bool = True, progress: bool = True) -> dict:
+    """Perplexity (token-level and mean per example) and ROUGE-1/L of greedy answers (a bar on stderr)."""
+    bar = tqdm(total=len(examples), desc=f"evaluate {method} n={num_documents}", unit="example",
+               dynamic_ncols=True, disable=not progress)
+    scored = score_examples(model, method, examples, num_documents, batch_size, max_new_tokens, generate,
+                            progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
     nll, tokens = scored["nll"], scored["tokens"]
     per_example = [math.exp(a / b) for a, b in zip(nll, tokens)]
     result = {

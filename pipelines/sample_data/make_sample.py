@@ -3,7 +3,16 @@
     python pipelines/sample_data/make_sample.py
 
 Twelve writing styles × three users each (different topics), five to eight documents per user,
-split over two JSONL shards so the default run also exercises multi-file input.
+split over two JSONL shards (documents-*.jsonl, compress_users' default input) so the default run
+also exercises multi-file input. It also writes:
+
+    queries.jsonl            one query per style, asked of the first user of that style, with a
+                             reference written in that user's style about that user's topics (so
+                             personalized answers can be told from unpersonalized ones), plus one
+                             query from a user with no documents (answered unpersonalized)
+    dead_letter_demo.jsonl   a few deliberately broken document records, to see dead letters:
+                             python3 -m pipelines.compress_users --input pipelines/sample_data/dead_letter_demo.jsonl \
+                                 --output /tmp/commer_dead_letter_demo
 """
 import json
 import random
@@ -141,9 +150,40 @@ def main() -> None:
                           "created_at": f"2026-0{1 + n % 9}-{10 + user % 18:02d}T08:00:00Z"}
                 shards[(user + n) % 2].append(record)
     for i, rows in enumerate(shards):
-        with open(folder / f"documents-{i}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(folder / f"documents-{i}.jsonl", rows)
+    write_jsonl(folder / "queries.jsonl", queries())
+    with open(folder / "dead_letter_demo.jsonl", "wb") as f:
+        f.write(DEAD_LETTER_DEMO)
+
+
+QUESTION = "Write a short post about your weekend."
+DEAD_LETTER_DEMO = b"""{"user_id": "demo-1", "doc_id": "d1", "text": "A valid record: it is compressed."}
+{"user_id": "demo-1", "doc_id": "d1", "text": "Same doc_id again: counted as a duplicate."}
+{"user_id": "demo-1", "doc_id": "d2", "text": "   "}
+{"user_id": "", "doc_id": "d3", "text": "An empty user_id."}
+{"user_id": "demo-2", "text": "No doc_id."}
+{"user_id": "demo-2", "doc_id": "d4", "text": 42}
+{"user_id": "demo-2", "doc_id": "d5", "text": "Truncated JSON
+not json at all
+"""
+
+
+def queries() -> list[dict]:
+    """One query per style (its first user), reference in that user's voice on that user's topics."""
+    rows = []
+    for i, (style, templates) in enumerate(STYLES.items()):
+        a, b = TOPICS[style][0]
+        rows.append({"user_id": f"user-{3 * i + 1:03d}", "query_id": f"q{i:03d}", "instruction": QUESTION,
+                     "reference": fill(templates[0], a, b)})
+    rows.append({"user_id": "user_without_documents", "query_id": f"q{len(rows):03d}", "instruction": QUESTION,
+                 "reference": "Quiet weekend at home with a good book."})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -238,7 +238,9 @@ def test_tokenizer_matches_the_model(tiny_checkpoint, commer_cache, reference_mo
 
 def test_cli_errors_name_the_flag(tmp_path, tiny_checkpoint, capsys):
     with pytest.raises(CliError, match="--input"):
-        main(["--input", str(tmp_path / "missing-*.jsonl"), "--checkpoint", tiny_checkpoint])
+        main(["--input", str(tmp_path / "missing-*.jsonl"), "--checkpoint", tiny_checkpoint, "--output", "o"])
+    with pytest.raises(CliError, match="--output is required"):  # never a silent default folder
+        main(["--checkpoint", tiny_checkpoint])
     assert main(["--help"]) == 0
     assert "--previous_profiles" in capsys.readouterr().out
 
@@ -251,8 +253,8 @@ def test_default_backbone_default_command_path(tmp_path, monkeypatch, capsys):
             enumerate(["I love hiking in the mountains.", "Coffee first, then code."])]
     docs += [{"user_id": "bo", "doc_id": "b0", "text": "Markets rallied as rates fell."}]
     write_jsonl(tmp_path / "docs.jsonl", docs)
-    monkeypatch.chdir(tmp_path)  # the default output folder is relative
-    assert main(["--input", str(tmp_path / "docs.jsonl")]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["--input", str(tmp_path / "docs.jsonl"), "--output", "commer_output"]) == 0
     out = capsys.readouterr().out
     assert "users: 2" in out and "documents/second" in out
     config = read_config(default_checkpoint())

@@ -89,6 +89,7 @@ def test_every_valid_query_is_answered_and_unknown_user_flagged(generated, tiny)
     rows = _predictions(generated["out"])
     assert sorted(rows) == ["q1", "q2", "q3", "q4", "q5"]
     assert rows["q5"]["personalized"] is False and rows["q5"]["doc_count"] == 0
+    assert all(rows[q["query_id"]]["instruction"] == q["instruction"] for q in QUERIES)  # what was asked
     assert all(rows[q]["personalized"] for q in ("q1", "q2", "q3", "q4"))
     assert rows["q1"]["doc_count"] == 3 and rows["q3"]["doc_count"] == 2
     assert {r["model_fingerprint"] for r in rows.values()} == {tiny.fingerprint()}
@@ -224,7 +225,7 @@ def test_job_flags_keep_their_own_defaults_when_all_jobs_are_loaded():
     assert flags.batch_size == 16 and flags.output == "x"
     assert options.get_all_options()["direct_num_workers"] == 2 and options.get_all_options()["runner"] == "DirectRunner"
     assert parse(evaluate.parser, ["--output=x", "--batch_size=3"])[0].output == "x"
-    assert parse(compress_users.parser, [])[0].output == compress_users.DEFAULT_OUTPUT
+    assert parse(compress_users.parser, [])[0].output is None  # required: no silent default folder
     assert parse(compress_users.parser, ["--batch_size=3"])[0].batch_size == 3
     assert parse(generate.parser, [])[0].output is None
     # One dead-letter flag name; the old one is a hidden alias.

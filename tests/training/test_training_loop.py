@@ -133,3 +133,11 @@ def test_train_cli_clear_error_for_missing_data(tmp_path, capsys):
     assert "absent.jsonl: news (HuffPost JSONL) file not found" in capsys.readouterr().err
     code = train_mod.main(["--task", "lamp4", "--data", str(F / "lamp4_questions.json"), "--output_dir", str(tmp_path)])
     assert code == 2 and "--data_outputs" in capsys.readouterr().err
+
+
+def test_evaluate_shows_a_progress_bar(tiny_model, capsys):
+    evaluate(tiny_model, "none", _examples(4), 0, batch_size=2, max_new_tokens=2, generate=False)
+    err = capsys.readouterr().err
+    assert "evaluate none n=0" in err and "4/4" in err
+    evaluate(tiny_model, "none", _examples(2), 0, batch_size=2, max_new_tokens=2, generate=False, progress=False)
+    assert "evaluate" not in capsys.readouterr().err

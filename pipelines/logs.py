@@ -1,0 +1,72 @@
+"""Console output of the jobs: quiet by default (issue 14).
+
+--log_level (default WARNING) is the level for libraries (Beam, transformers, ...); ComMer's own
+loggers (pipelines, commer, schemas) stay at INFO unless --log_level asks for less. Lines Beam logs
+on every local run that say nothing to a user are dropped at the default level, and library
+progress bars (tqdm) are switched off, so they never interleave with the job's own lines.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Sequence
+
+import huggingface_hub.utils as hf_hub_utils
+import transformers.utils.logging as hf_logging
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_LEVEL = "WARNING"
+OWN_LOGGERS = ("pipelines", "commer", "schemas", "training")
+FORMAT = "%(levelname)s %(name)s: %(message)s"
+# Known noise of a local Beam run (each says nothing a ComMer user can act on).
+NOISE = ("Resource module is not available for current platform",  # RunInference on Linux, every job
+         "Converting string literal type hint to Any",
+         "BatchElements statistics",
+         "WriteImpl min_shards undef",
+         "Creating state cache with size")
+
+
+class DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else str(record.msg)
+        return not any(noise in message for noise in NOISE)
+
+
+def level_from(argv: Sequence[str]) -> str:
+    """The --log_level value in argv (--log_level X or --log_level=X), else the default."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--log_level="):
+            return arg.split("=", 1)[1].upper()
+        if arg == "--log_level" and i + 1 < len(argv):
+            return argv[i + 1].upper()
+    return DEFAULT_LEVEL
+
+
+def setup(level: str = DEFAULT_LEVEL) -> None:
+    """Root handler at `level` (libraries), ComMer's loggers at INFO or `level` if higher."""
+    level = level.upper() if level and level.upper() in LEVELS else DEFAULT_LEVEL
+    numeric = getattr(logging, level)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    if numeric > logging.INFO:
+        handler.addFilter(DropNoise())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(min(numeric, logging.INFO) if numeric <= logging.WARNING else numeric)
+    if numeric > logging.INFO:
+        # Library bars (weights loading, conversion) would interleave with the progress lines.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        hf_logging.disable_progress_bar()  # the env vars above only reach processes started later
+        hf_logging.set_verbosity_error()
+        hf_hub_utils.disable_progress_bars()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.captureWarnings(True)
