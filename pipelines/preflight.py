@@ -145,7 +145,13 @@ def run_checks(flags, options) -> None:
     beam_options = options.get_all_options() if options is not None else {}
     if "Dataflow" in str(beam_options.get("runner") or "") and not beam_options.get("project"):
         raise CliError("--project is empty (an unset $PROJECT?); fix: --project=YOUR_GCP_PROJECT")
-    check_remote_paths(remote_paths(flags, beam_options), beam_options.get("project"))
+    paths = remote_paths(flags, beam_options)
+    if beam_options.get("dry_run"):
+        # A dry run builds the job graph offline (no credentials, no network): well-formed paths only.
+        for flag, url in paths:
+            split_url(flag, url)
+    else:
+        check_remote_paths(paths, beam_options.get("project"))
     if hasattr(flags, "checkpoint"):
         check_model(flags)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipelines.compress_users import run
 from pipelines.io import parquet_shards
@@ -44,6 +45,9 @@ def same(a: dict, b: dict) -> bool:
 
 
 def _child(phase: str, argv: list[str]) -> None:
+    # A forked child must not use the parent's OpenMP thread pool (it does not survive fork():
+    # a segfault in the first matmul when the parent ran torch with several threads).
+    torch.set_num_threads(1)
     os.environ[KILL_AT] = phase
     run(argv)
     os._exit(0)  # not killed: the test fails on the exit code
