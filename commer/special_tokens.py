@@ -48,11 +48,25 @@ def end_of_answer_id(tokenizer, chat: bool) -> int:
     return tokenizer.eos_token_id
 
 
+_BOS_ATTR = "_commer_leading_bos"
+
+
 def leading_bos_id(tokenizer) -> int | None:
-    """The BOS id when the tokenizer itself starts every encoding with it, else None."""
+    """The BOS id when the tokenizer itself starts every encoding with it, else None.
+
+    Asked once per tokenizer object and remembered on it: the compressor's tokenization rule
+    calls this for every document batch (a hot path in the Tokenize step of the main job).
+    """
+    if hasattr(tokenizer, _BOS_ATTR):
+        return getattr(tokenizer, _BOS_ATTR)
     bos = tokenizer.bos_token_id
-    if bos is None:
-        return None
-    with_specials = tokenizer("a", add_special_tokens=True)["input_ids"]
-    without = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return bos if with_specials[:1] == [bos] and without[:1] != [bos] else None
+    found = None
+    if bos is not None:
+        with_specials = tokenizer("a", add_special_tokens=True)["input_ids"]
+        without = tokenizer("a", add_special_tokens=False)["input_ids"]
+        found = bos if with_specials[:1] == [bos] and without[:1] != [bos] else None
+    try:
+        setattr(tokenizer, _BOS_ATTR, found)
+    except AttributeError:  # a tokenizer that refuses attributes: ask again next time
+        pass
+    return found
