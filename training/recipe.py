@@ -30,7 +30,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,7 +42,7 @@ from training.probes import news_documents, reconstruction_perplexity
 from training.tasks import DataError, load_examples
 from training.tasks.base import split_of
 from training.tasks.news import FRACTIONS, format_document, read_articles
-from training.train import build_model, example_nll, param_groups, train
+from training.train import build_model, example_nll, param_groups, train, validation_perplexity
 
 log = logging.getLogger("training.recipe")
 
@@ -64,6 +64,10 @@ class RecipeConfig(BaseModel):
                                                                    "authors, same author split).")
     news_in_pretraining: bool = Field(True, description="Add the training authors' news documents to the "
                                                         "auto-encoding corpus (never test authors).")
+    init_checkpoint: Optional[str] = Field(None, description="Start stage 1 from this ComMer checkpoint (e.g. an "
+                                                           "earlier run's stage1/final) instead of a fresh model, "
+                                                           "so CPU hours add up across runs; its K and LoRA "
+                                                           "settings win over the flags.")
     backbone: str = Field("default", description="Backbone reference (default: the embedded SmolLM2).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Backbone precision; auto: "
@@ -159,7 +163,7 @@ def stage_configs(recipe: RecipeConfig, out: Path, steps: tuple[int, int]) -> tu
     s1, s2 = steps
     stage1 = TrainConfig(
         task="pretrain", data=corpus, num_documents=recipe.pretrain_documents,
-        max_answer_tokens=recipe.max_document_tokens, max_steps=s1, eval_every=max(1, s1 // recipe.evaluations_per_stage), save_every=max(1, s1 // 20),
+        max_answer_tokens=recipe.max_document_tokens, max_steps=s1, init_checkpoint=recipe.init_checkpoint, eval_every=max(1, s1 // recipe.evaluations_per_stage), save_every=max(1, s1 // 20),
         output_dir=str(out / "stage1"), **common)
     stage2 = TrainConfig(
         task="news", data=list(recipe.news_data), num_documents=recipe.news_documents,
@@ -169,13 +173,16 @@ def stage_configs(recipe: RecipeConfig, out: Path, steps: tuple[int, int]) -> tu
     return stage1, stage2
 
 
-def seconds_per_step(config: TrainConfig, steps: int) -> float:
-    """Wall seconds of one optimizer step of this stage on this hardware (after one warm-up step)."""
-    probe = config.model_copy(update={"init_checkpoint": None})
+def stage_timing(config: TrainConfig, steps: int) -> tuple[float, float]:
+    """Wall seconds of one optimizer step (after one warm-up step) and of one validation pass of this
+    stage on this hardware: the plan budgets both, so validation does not push a run past its budget."""
+    # Stage 2 starts from stage 1's checkpoint, which does not exist yet: time the same shape of model.
+    start = config.init_checkpoint if config.init_checkpoint and Path(config.init_checkpoint).exists() else None
+    probe = config.model_copy(update={"init_checkpoint": start})
     model = build_model(probe).to(config.device)
     groups = param_groups(model, probe)
     optimizer = torch.optim.AdamW(groups, weight_decay=probe.weight_decay)
-    examples = load_examples(probe, "val", config.batch_size * (steps + 1))
+    examples = load_examples(probe, "val", max(config.batch_size * (steps + 1), config.val_examples))
     model.train()
     timings = []
     for step in range(steps + 1):
@@ -189,7 +196,9 @@ def seconds_per_step(config: TrainConfig, steps: int) -> float:
         if config.device == "cuda":
             torch.cuda.synchronize()
         timings.append(time.perf_counter() - t0)
-    return sum(timings[1:]) / max(len(timings) - 1, 1)
+    t0 = time.perf_counter()
+    validation_perplexity(model, examples[: config.val_examples], config.micro_batch_size * 2)
+    return sum(timings[1:]) / max(len(timings) - 1, 1), time.perf_counter() - t0
 
 
 def make_plan(recipe: RecipeConfig, out: Path) -> dict:
@@ -202,11 +211,14 @@ def make_plan(recipe: RecipeConfig, out: Path) -> dict:
     budget = recipe.budget_seconds()
     calibration = 10 if recipe.resolved_device() == "cuda" else 2
     probe1, probe2 = stage_configs(recipe, out, (1, 1))
-    t1, t2 = seconds_per_step(probe1, calibration), seconds_per_step(probe2, calibration)
+    (t1, v1), (t2, v2) = stage_timing(probe1, calibration), stage_timing(probe2, calibration)
     share1, share2 = recipe.stage_shares
+    # Each stage validates at step 0 and `evaluations_per_stage` times more; that time comes off its share.
+    validations = recipe.evaluations_per_stage + 1
     plan = {
-        "budget_s": budget, "seconds_per_step": [t1, t2],
-        "stage1_steps": max(1, int(budget * share1 / t1)), "stage2_steps": max(1, int(budget * share2 / t2)),
+        "budget_s": budget, "seconds_per_step": [t1, t2], "seconds_per_validation": [v1, v2],
+        "stage1_steps": max(1, int((budget * share1 - validations * v1) / t1)),
+        "stage2_steps": max(1, int((budget * share2 - validations * v2) / t2)),
         "device": recipe.resolved_device(), "dtype": recipe.resolved_dtype(), "hardware": hardware(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -31,6 +31,7 @@ def test_recipe_runs_both_stages_within_the_plan_and_resumes(tiny_backbone, tmp_
     plan = json.loads((out / "recipe_plan.json").read_text())
     assert plan["stage1_steps"] >= 1 and plan["stage2_steps"] >= 1
     assert all(t > 0 for t in plan["seconds_per_step"])
+    assert all(t > 0 for t in plan["seconds_per_validation"])
     # The news documents of training authors joined the auto-encoding corpus.
     assert (out / "news_train_documents.jsonl").exists()
     config = json.loads((out / "final" / "commer_config.json").read_text())
@@ -48,6 +49,26 @@ def test_recipe_runs_both_stages_within_the_plan_and_resumes(tiny_backbone, tmp_
     # Rerunning the same command keeps the plan and finds both stages done.
     again = run(recipe)
     assert again["plan"] == plan
+
+
+def test_recipe_continues_from_an_earlier_stage1(tiny_backbone, tmp_path, monkeypatch):
+    """--init_checkpoint: stage 1 starts from an earlier run's weights, so CPU hours add up."""
+    monkeypatch.setenv("COMMER_CACHE_DIR", str(tmp_path / "cache"))
+    common = dict(
+        time_budget="3s", backbone=tiny_backbone, pretrain_data=[str(FIXTURES / "wikitext_sample.txt")],
+        news_data=[str(FIXTURES / "news.jsonl")], num_compression_tokens=2, lora_r=4, lora_alpha=4,
+        lora_target_modules=["q_proj", "v_proj"], batch_size=4, micro_batch_size=4, val_examples=4,
+        evaluations_per_stage=1, news_documents=2, num_threads=1, probe_examples=0, eval_examples=0,
+    )
+    first = tmp_path / "first"
+    run(RecipeConfig(output_dir=str(first), **common))
+    earlier = json.loads((first / "stage1" / "summary.json").read_text())
+    second = tmp_path / "second"
+    run(RecipeConfig(output_dir=str(second), init_checkpoint=str(first / "stage1" / "final"), **common))
+    start = json.loads((second / "stage1" / "metrics.jsonl").read_text().splitlines()[0])
+    # Same validation examples: the second run starts exactly where the first one's best weights were.
+    assert start["step"] == 0
+    assert start["val_ppl"] == pytest.approx(earlier["best_val_ppl"], rel=1e-5)
 
 
 def test_recipe_cli_errors_name_the_flag(capsys):
