@@ -33,14 +33,15 @@ from pydantic import BaseModel, Field
 
 from pipelines.combiners import AccumulatorFn, unchanged
 from pipelines.inference import ComMerModelHandler, Tokenize, split_batches, unbatch
-from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, check_unique_users,
-                          explode_compressions, match, parquet_shards, read_records, write_dead_letters, write_tables)
+from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints,
+                          check_unique_users, explode_compressions, match, parquet_shards, read_records,
+                          write_dead_letters, write_tables)
 from pipelines.options import add_dead_letter_flag, add_model_flags, dead_letter_folder, job_parser, parse, wants_help
-from pipelines.output_state import phase, publish, run_folder
+from pipelines.output_state import phase, publish, publish_profiles, run_folder
 from pipelines.profile_state import Change, ProfileState, Update, apply_update
 from pipelines.reconcile import Deletion, Event, decide
-from pipelines.runtime import (CliError, checkpoint_config, counter_values, counters, new_run_id, remove_stale_shards,
-                               run_cli, run_pipeline, write_json)
+from pipelines.runtime import (CliError, checkpoint_config, counter_values, counters, new_run_id, run_cli,
+                               run_pipeline, write_json)
 from schemas import DocumentCompression, Profile, arrow_schema
 from schemas.validation import DEFAULT_MAX_RECORD_BYTES, duplicate_letter, parse_deletion, parse_json_line, validate_row
 
@@ -152,7 +153,7 @@ def make_plan(options: argparse.Namespace) -> JobPlan:
     if options.previous_document_compressions:
         plan.previous_compression_files = parquet_shards(options.previous_document_compressions,
                                                          "--previous_document_compressions",
-                                                         "document_compressions")
+                                                         "document_compressions", options.previous_profiles)
         check_fingerprints(plan.previous_compression_files, plan.fingerprint, "--previous_document_compressions",
                            "DocumentCompression")
     elif plan.document_compressions_output and options.previous_profiles:
@@ -318,12 +319,12 @@ def run(argv: list[str]) -> dict:
               "but not yet useful for personalization", file=sys.stderr)
     result, seconds = run_pipeline(options, build, flags, plan, progress_unit="documents compressed")
     summary = summarize(plan, counter_values(result, COUNTERS), seconds)
-    phase("written")  # pipelines.output_state: CURRENT switches (compressions first, profiles last = commit)
-    if plan.document_compressions_output:  # full runs and carrying refreshes wrote every current compression
-        publish(plan.document_compressions_output, plan.run_id,
-                keep_previous=bool(plan.previous_profile_files and not plan.previous_compression_files))
-    publish(f"{plan.output}/profiles", plan.run_id)
-    remove_stale_shards(plan.dead_letter_output, plan.run_id, "*.jsonl")
+    phase("written")  # pipelines.output_state: the profiles' switch commits both tables (PAIRED)
+    # Full runs and carrying refreshes wrote every current compression; others add to the previous state.
+    adds_to_previous = bool(plan.previous_profile_files and not plan.previous_compression_files)
+    publish_profiles(f"{plan.output}/profiles", plan.run_id, plan.document_compressions_output,
+                     keep_previous_compressions=adds_to_previous, previous_profiles=flags.previous_profiles)
+    publish(plan.dead_letter_output, plan.run_id, legacy=DEAD_LETTER_LEGACY)
     write_json(f"{plan.output}/run_summary.json", summary)
     return summary
 

@@ -6,8 +6,8 @@
           │ join by query_id (when --references is given)
           ▼
     per query: ROUGE-1, ROUGE-L (LaMP's conventions), perplexity (recorded by generate)
-          ├─► OUTPUT/per_query-*.jsonl
-          ├─► CombinePerKey by user ──► OUTPUT/per_user-*.jsonl ──► per-user distribution
+          ├─► OUTPUT/RUN_ID/per_query-*.jsonl           (RUN_ID: the run OUTPUT/CURRENT names)
+          ├─► CombinePerKey by user ──► OUTPUT/RUN_ID/per_user-*.jsonl ──► per-user distribution
           ├─► CombinePerKey by personalized / by document-count bucket
           └─► CombineGlobally overall
     OUTPUT/metrics.json and OUTPUT/*.png (quality vs documents, per-user ROUGE-L, perplexity)
@@ -31,10 +31,10 @@ from apache_beam.io.filesystems import FileSystems
 from commer import metrics as m
 from pipelines import plots
 from pipelines.combiners import AccumulatorFn
-from pipelines.io import match, parse_as_dict, read_records, write_dead_letters
+from pipelines.io import DEAD_LETTER_LEGACY, match, parse_as_dict, prediction_files, read_records, write_dead_letters
 from pipelines.options import add_dead_letter_flag, dead_letter_folder, job_parser, parse, wants_help
-from pipelines.runtime import (CliError, counter_values, counters, new_run_id, remove_stale_shards, run_cli,
-                               run_pipeline, write_json)
+from pipelines.output_state import phase, publish, run_folder
+from pipelines.runtime import CliError, counter_values, counters, new_run_id, run_cli, run_pipeline, write_json
 from schemas import Prediction
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ parser.add_argument("--references", default=None,
                          "[{\"id\", \"output\"}]}), or JSONL/Parquet rows with query_id (or id) and "
                          "reference (or output). Default: the reference stored on each prediction.")
 parser.add_argument("--output", default=None,
-                    help="Output folder: metrics.json, per_query-*.jsonl, per_user-*.jsonl, PNG plots.")
+                    help="Output folder: metrics.json, PNG plots, RUN_ID/per_query-*.jsonl and "
+                         "RUN_ID/per_user-*.jsonl (the run CURRENT names).")
 parser.add_argument("--use_stemmer", action="store_true",
                     help="Porter-stem words before ROUGE. Off by default, as in LaMP's evaluation "
                          "(HF evaluate's rouge defaults).")
@@ -59,19 +60,6 @@ add_dead_letter_flag(parser)
 
 
 # ---- inputs -----------------------------------------------------------------------------
-
-def prediction_files(path: str) -> list[str]:
-    """The predictions of generate's --output folder (Parquet, else JSONL), or of a file or glob."""
-    path = path.rstrip("/")
-    if any(c in path for c in "*?[") or path.endswith((".parquet", ".jsonl")):
-        return match(path, "--predictions")
-    for pattern in (f"{path}/*.parquet", f"{path}/*.jsonl"):
-        try:
-            return match(pattern, "--predictions")
-        except CliError:
-            continue
-    raise CliError(f"--predictions {path}: no .parquet or .jsonl predictions found (pass generate's --output)")
-
 
 def check_references(path: str) -> None:
     """Fail before running on a missing references file, or a JSON one that does not parse.
@@ -188,7 +176,7 @@ def aggregate_fn(with_histogram: bool = False) -> AccumulatorFn:
 
 
 def build(pipeline, opts, files: list[str], run_id: str) -> None:
-    output = opts.output.rstrip("/")
+    output = run_folder(opts.output, run_id)  # committed later by publish (pipelines.output_state)
     predictions, dead = read_records(pipeline, "Predictions", files, partial(parse_as_dict, Prediction),
                                      "predictions_read", "predictions_valid", "predictions_invalid")
     if opts.references:
@@ -265,30 +253,33 @@ def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
     opts, options = parse(parser, argv, required=("predictions", "output"), check=True)
-    files = prediction_files(opts.predictions)
+    files = prediction_files(opts.predictions, "--predictions")
     if opts.references:
         check_references(opts.references)
 
     output = opts.output.rstrip("/")
     run_id, started = new_run_id(), time.perf_counter()
     result, _ = run_pipeline(options, build, opts, files, run_id)
-    for folder, pattern in ((output, "per_query-*"), (output, "per_user-*"),
-                            (dead_letter_folder(opts), "dead_letters-*")):
-        remove_stale_shards(folder, run_id, pattern)
-
-    aggregates_path = f"{output}/{AGGREGATES}"
+    aggregates_path = f"{run_folder(output, run_id)}/{AGGREGATES}"
     with FileSystems.open(aggregates_path) as f:
         lines = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
     FileSystems.delete([aggregates_path])
-    metrics = assemble(lines, counter_values(result), opts.use_stemmer)
-    metrics["files"] = {"per_query": f"{output}/per_query-*.jsonl", "per_user": f"{output}/per_user-*.jsonl",
-                        "plots": [] if opts.no_plots else plots.write_all(metrics, output)}
+    phase("written")  # switch --output's CURRENT (per_query + per_user: the commit), then the dead letters'
+    publish(output, run_id, legacy=("per_query-*.jsonl", "per_user-*.jsonl", AGGREGATES))
+    publish(dead_letter_folder(opts), run_id, legacy=DEAD_LETTER_LEGACY)
+
+    # metrics.json and the plots: one file each, replaced after the commit; run_id says which run they sum up.
+    metrics = {"run_id": run_id, **assemble(lines, counter_values(result), opts.use_stemmer)}
+    committed = run_folder(output, run_id)
+    metrics["files"] = {kind: f"{committed}/{kind}-*.jsonl" for kind in ("per_query", "per_user")}
+    metrics["files"]["plots"] = [] if opts.no_plots else plots.write_all(metrics, output)
     metrics["seconds"] = round(time.perf_counter() - started, 2)  # pipeline + plots
     write_json(f"{output}/metrics.json", metrics)
     overall = metrics["overall"]
     print(f"predictions: {overall['queries']}, {overall['with_reference']} with a reference: ROUGE-1 "
           f"{_fmt(overall['rouge1'])}, ROUGE-L {_fmt(overall['rougeL'])}, mean perplexity {_fmt(overall['perplexity']['mean'])}")
-    print(f"metrics: {output}/metrics.json  plots: {' '.join(metrics['files']['plots']) or 'none (--no_plots)'}")
+    print(f"metrics: {output}/metrics.json  per query/user: {committed}/  "
+          f"plots: {' '.join(metrics['files']['plots']) or 'none (--no_plots)'}")
     return 0
 
 

@@ -10,7 +10,9 @@
     RunInference (one model per process, batches of --batch_size): greedy answer, perplexity of
     the reference when the query has one, prompt length
           ▼
-    OUTPUT/predictions-*.parquet (schemas.Prediction)  [+ .jsonl]   OUTPUT/run_summary.json
+    OUTPUT/RUN_ID/predictions-*.parquet (schemas.Prediction) [+ .jsonl], committed by OUTPUT/CURRENT
+    (pipelines.output_state: a kill leaves the previous run's predictions or these, never both)
+    OUTPUT/run_summary.json
 
 A query whose user has no profile is still answered, without a soft prompt, and marked
 personalized=false. Profiles made by another checkpoint (fingerprint) are refused before
@@ -30,10 +32,12 @@ from pydantic import ValidationError
 
 from commer.prompting import UserDocuments
 from pipelines.inference import IN_PROMPT_MAX_TOKENS, ComMerGenerator, GenerationSettings
-from pipelines.io import DEAD, check_fingerprints, match, parquet_shards, parse_as_dict, read_records, write_dead_letters
+from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, PREDICTION_SHARDS, check_fingerprints, match, parquet_shards,
+                          parse_as_dict, read_records, write_dead_letters)
 from pipelines.options import add_dead_letter_flag, add_model_flags, dead_letter_folder, job_parser, parse, wants_help
-from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, remove_stale_shards,
-                               run_cli, run_pipeline, write_json)
+from pipelines.output_state import phase, publish, run_folder
+from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, run_cli,
+                               run_pipeline, write_json)
 from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, tensor_column
 from schemas.validation import describe_errors
 
@@ -50,7 +54,8 @@ parser.add_argument("--queries", default=None,
                     help="Queries: JSONL (.jsonl/.json, optionally .gz) or Parquet (.parquet) file or glob, "
                          "with user_id, query_id, instruction and optional reference.")
 parser.add_argument("--output", default=None,
-                    help="Output folder: predictions-*.parquet (and/or .jsonl), run_summary.json.")
+                    help="Output folder: RUN_ID/predictions-*.parquet (and/or .jsonl) named by CURRENT, "
+                         "run_summary.json. An earlier run's predictions there are replaced once this run succeeds.")
 parser.add_argument("--output_format", default="parquet", choices=["parquet", "jsonl", "both"],
                     help="Predictions as Parquet (schemas.Prediction), JSON lines, or both.")
 parser.add_argument("--mode", default="commer", choices=list(MODES),
@@ -171,16 +176,15 @@ def build(pipeline, opts, settings: GenerationSettings, query_files: list[str], 
     predictions = (planned.requests
                    | "Generate" >> RunInference(ComMerGenerator(settings))
                    | "Count" >> beam.Map(_count_prediction))
-    output = opts.output.rstrip("/")
+    prefix = f"{run_folder(opts.output, run_id)}/predictions-{run_id}"  # committed later by publish
     if opts.output_format in ("parquet", "both"):
         schema = arrow_schema(Prediction, metadata={"fingerprint": settings.fingerprint, "mode": settings.mode,
                                                    "checkpoint": settings.checkpoint})
-        predictions | "WriteParquet" >> beam.io.WriteToParquet(f"{output}/predictions-{run_id}", schema,
-                                                               file_name_suffix=".parquet")
+        predictions | "WriteParquet" >> beam.io.WriteToParquet(prefix, schema, file_name_suffix=".parquet")
     if opts.output_format in ("jsonl", "both"):
         (predictions
          | "ToJson" >> beam.Map(json.dumps)
-         | "WriteJsonl" >> beam.io.WriteToText(f"{output}/predictions-{run_id}", file_name_suffix=".jsonl"))
+         | "WriteJsonl" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
     write_dead_letters(dead, dead_letter_folder(opts), run_id)
 
 
@@ -234,8 +238,9 @@ def main(argv: list[str]) -> int:
     output, run_id = opts.output.rstrip("/"), new_run_id()
     result, seconds = run_pipeline(options, build, opts, settings, query_files, document_files, shards,
                                    run_id, progress_unit="queries answered")
-    remove_stale_shards(output, run_id, "predictions-*")
-    remove_stale_shards(dead_letter_folder(opts), run_id, "dead_letters-*")
+    phase("written")  # pipelines.output_state: switch --output's CURRENT (the commit), then the dead letters'
+    publish(output, run_id, legacy=PREDICTION_SHARDS)
+    publish(dead_letter_folder(opts), run_id, legacy=DEAD_LETTER_LEGACY)
 
     counts = counter_values(result)
     read, rejected = counts.get("query_read", 0), counts.get("query_dead_lettered", 0)
@@ -256,7 +261,8 @@ def main(argv: list[str]) -> int:
     write_json(f"{output}/run_summary.json", summary)
     print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized), "
           f"{rejected} dead-lettered, {duplicates} duplicates  ({seconds:.1f} s)")
-    print(f"predictions: {output}/predictions-{run_id}-*.{'parquet' if opts.output_format != 'jsonl' else 'jsonl'}  "
+    extension = "jsonl" if opts.output_format == "jsonl" else "parquet"
+    print(f"predictions: {run_folder(output, run_id)}/predictions-*.{extension} (named by {output}/CURRENT)  "
           f"dead letters: {dead_letter_folder(opts)}  summary: {output}/run_summary.json")
     if not summary["reconciled"]:
         log.error("queries read (%d) != answered + dead-lettered + duplicates; see run_summary.json", read)

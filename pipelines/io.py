@@ -1,6 +1,7 @@
 """Reading and writing for every job, on one filesystem layer (Beam's FileSystems: local, gs://, ...).
 
-    match / parquet_shards     input discovery (globs, run folders, CURRENT), failing early with the flag's name
+    match / parquet_shards / prediction_files   input discovery (globs, run folders, CURRENT), failing early
+                               with the flag's name
     check_fingerprints         a table made by another checkpoint is refused before anything runs
     check_unique_users         previous profiles holding a user twice are refused in one line
     read_records               JSONL lines (bounded reader, pipelines.reading) or Parquet rows → ParseRecords
@@ -20,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 from apache_beam.io.textio import WriteToText
 
-from pipelines.output_state import current_shards, phase
+from pipelines.output_state import current_shards, phase, run_folder
 from pipelines import progress
 from pipelines.profile_state import Change, PreviousProfile, Update
 from pipelines.reading import ReadJsonLines
@@ -32,6 +33,9 @@ from schemas.validation import DEFAULT_MAX_RECORD_BYTES, dead_letter_json, parse
 DEAD = "dead"
 IN_PROFILE = "in_profile"
 TABLES = {"Profile": "profiles", "DocumentCompression": "document compressions"}
+DEAD_LETTER_LEGACY = ("dead_letters-*.jsonl",)  # the flat shard names before CURRENT (removed by publish)
+# generate's predictions, in its --output's run folder (before CURRENT: flat in --output); Parquet first.
+PREDICTION_SHARDS = ("predictions-*.parquet", "predictions-*.jsonl")
 
 
 def _glob(pattern: str) -> list[str]:
@@ -49,13 +53,15 @@ def match(pattern: str, flag: str) -> list[str]:
     return files
 
 
-def parquet_shards(path: str, flag: str, run_subfolder: str) -> list[str]:
-    """A file, a glob, a shard folder, or a job's output folder with `run_subfolder`/ inside → its shards."""
+def parquet_shards(path: str, flag: str, run_subfolder: str, paired_with: str | None = None) -> list[str]:
+    """A file, a glob, a shard folder, or a job's output folder with `run_subfolder`/ inside → its shards.
+    `paired_with`: the profiles this table is read together with (--previous_profiles); their commit names
+    the run folders to read (pipelines.output_state: two tables, one commit)."""
     path = path.rstrip("/")
     if path.endswith(".parquet") or any(c in path for c in "*?["):
         return match(path, flag)
     for table in (f"{path}/{run_subfolder}", path):  # a folder with CURRENT: its committed run(s) only
-        if (committed := current_shards(table)) is not None:
+        if (committed := current_shards(table, paired_with=paired_with)) is not None:
             if not committed:
                 raise CliError(f"{flag} {path}: {table}/CURRENT names run folders without .parquet shards")
             return committed
@@ -68,6 +74,27 @@ def parquet_shards(path: str, flag: str, run_subfolder: str) -> list[str]:
             return found
     raise CliError(f"{flag} {path}: no .parquet files there (nor under {path}/{run_subfolder}); pass the "
                    f"job's --output folder")
+
+
+def prediction_files(path: str, flag: str) -> list[str]:
+    """The predictions of generate's --output folder (the run CURRENT names; Parquet, else JSONL), or of a
+    file or glob. A folder without CURRENT (written before it) is read flat, as it was then."""
+    path = path.rstrip("/")
+    if any(c in path for c in "*?[") or path.endswith((".parquet", ".jsonl")):
+        return match(path, flag)
+    committed = [current_shards(path, pattern) for pattern in PREDICTION_SHARDS]
+    legacy = [] if committed[0] is not None else [f"{path}/*.parquet", f"{path}/*.jsonl"]
+    for files in [*committed, *(_glob_quietly(p) for p in legacy)]:
+        if files:
+            return files
+    raise CliError(f"{flag} {path}: no .parquet or .jsonl predictions found (pass generate's --output)")
+
+
+def _glob_quietly(pattern: str) -> list[str]:
+    try:
+        return _glob(pattern)
+    except Exception:  # a missing folder
+        return []
 
 
 def is_parquet(path: str) -> bool:
@@ -226,8 +253,12 @@ def write_tables(records, label: str, prefix: str, schema: pa.Schema, rows_per_t
             | f"Write{label}" >> WriteToParquetBatched(prefix, schema=schema, file_name_suffix=".parquet"))
 
 
+
+
 def write_dead_letters(dead_letters: list, folder: str, run_id: str):
-    """Every dead letter of a run → folder/dead_letters-RUN_ID-*.jsonl."""
+    """Every dead letter of a run → folder/RUN_ID/dead_letters-RUN_ID-*.jsonl (a table of its own: the job
+    publishes it after its main output, pipelines.output_state)."""
     return (dead_letters | "FlattenDeadLetters" >> beam.Flatten()
             | "DeadLettersToJson" >> beam.Map(dead_letter_json)
-            | "WriteDeadLetters" >> WriteToText(f"{folder}/dead_letters-{run_id}", file_name_suffix=".jsonl"))
+            | "WriteDeadLetters" >> WriteToText(f"{run_folder(folder, run_id)}/dead_letters-{run_id}",
+                                                file_name_suffix=".jsonl"))

@@ -1,7 +1,7 @@
 """The job skeleton every ComMer Beam job shares: CLI errors, the checkpoint, run id, running,
-counters (one namespace), the summary file and the removal of an earlier run's shards.
+counters (one namespace) and the summary file.
 
-    plan (checks, before anything runs) → run_pipeline → counters → summary → remove_stale_shards
+    plan (checks, before anything runs) → run_pipeline → output_state.publish (the commit) → counters → summary
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from commer import BackboneError, CheckpointError
 from commer.checkpoint import read_config
 from commer.config import ComMerConfig
 from commer.defaults import default_checkpoint
-from pipelines.output_state import remove_temp_folders
 from pipelines import logs, progress
 
 log = logging.getLogger(__name__)
@@ -102,21 +101,6 @@ def run_pipeline(options, build: Callable, *args, progress_unit: str | None = No
             raise DryRun(f"job graph built for {runner.removesuffix('Runner')}, not submitted")
         result.wait_until_finish()
     return result, time.perf_counter() - started
-
-
-def remove_stale_shards(folder: str, run_id: str, pattern: str) -> None:
-    """Delete the shards matching folder/pattern that an earlier run left (names without run_id).
-
-    Called only after this run succeeded, so a failed run never leaves a folder without its
-    previous output, and a rerun that writes fewer shards leaves none of the old ones mixed in."""
-    try:
-        found = FileSystems.match([f"{folder}/{pattern}"])[0].metadata_list
-    except Exception:  # the folder does not exist yet
-        found = []
-    stale = [m.path for m in found if run_id not in m.path.rsplit("/", 1)[-1]]
-    if stale:
-        FileSystems.delete(stale)
-    remove_temp_folders(folder)  # and what killed runs left in Beam's temp folders
 
 
 def write_json(path: str, data: dict) -> None:

@@ -14,6 +14,7 @@ from commer import ComMer, ComMerConfig
 from pipelines.compress_users import main, run
 from pipelines.inference import load_tokenizer, split_batches, tokenize
 from pipelines.io import parquet_shards
+from pipelines.output_state import current_shards
 from pipelines.runtime import CliError
 from schemas import DocumentCompression, Profile, from_table, read_metadata, read_parquet
 
@@ -125,8 +126,8 @@ def test_bad_records_reconcile_exactly(tmp_path, tiny_checkpoint, commer_cache, 
     assert c["records_read"] == c["compressed"] + c["dead_lettered"] + c["duplicates"] + c["already_merged"]
     assert summary["reconciled"] and summary["users"] == 3
 
-    letters = [json.loads(x) for f in (tmp_path / "out" / "dead_letters").glob("*.jsonl")
-               for x in f.read_text().splitlines()]
+    letters = [json.loads(x) for f in current_shards(str(tmp_path / "out" / "dead_letters"), "*.jsonl")
+               for x in Path(f).read_text().splitlines()]
     assert len(letters) == 9 and all(x["reason"] and x["stage"] for x in letters)
     assert sorted(x["stage"] for x in letters).count("duplicate") == 2
     assert {x["doc_id"] for x in letters if x["stage"] == "validate"} >= {"x3", "x4", "p1"}

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from commer import ComMer
+from pipelines.output_state import current_shards
 from pipelines.runtime import run_cli
 from schemas import Profile, arrow_schema, read_parquet, write_parquet
 
@@ -116,8 +117,8 @@ def test_predictions_match_direct_model_calls(generated, tiny):
 
 def test_bad_rows_dead_lettered_and_reconciled(generated):
     out = generated["out"]
-    letters = [json.loads(line) for f in sorted((out / "dead_letters").glob("*.jsonl"))
-               for line in f.read_text().splitlines() if line]
+    letters = [json.loads(line) for f in current_shards(str(out / "dead_letters"), "*.jsonl")
+               for line in open(f).read().splitlines() if line]
     stages = sorted(d["stage"] for d in letters)
     assert stages == ["duplicate", "parse", "validate", "validate"]
     assert any("instruction" in d["reason"] for d in letters)
@@ -129,12 +130,12 @@ def test_bad_rows_dead_lettered_and_reconciled(generated):
 
 def test_jsonl_output_equals_parquet(generated):
     jsonl = {}
-    for f in generated["out"].glob("predictions-*.jsonl"):
-        for line in f.read_text().splitlines():
+    for f in current_shards(str(generated["out"]), "predictions-*.jsonl"):
+        for line in open(f).read().splitlines():
             row = json.loads(line)
             jsonl[row["query_id"]] = row
     assert jsonl == _predictions(generated["out"])
-    meta = pq.read_schema(next(generated["out"].glob("predictions-*.parquet"))).metadata
+    meta = pq.read_schema(current_shards(str(generated["out"]), "predictions-*.parquet")[0]).metadata
     assert b"fingerprint" in meta[b"commer"]
 
 
@@ -250,7 +251,8 @@ def test_a_table_that_is_not_profiles_is_refused(tmp_path, tiny_checkpoint, comm
 
 
 def test_rerun_into_the_same_output_replaces_the_earlier_shards(tiny, tiny_checkpoint, commer_cache, tmp_path):
-    """A rerun leaves only its own shards (old ones are removed once it has succeeded)."""
+    """A rerun leaves only its own run folder (older runs and flat shards of the layout before CURRENT are
+    removed once it has succeeded); what else the folder holds is left alone."""
     from pipelines import generate
     profiles = write_profiles(tiny, tmp_path / "commer_output")
     queries = write_queries(tmp_path / "queries.jsonl", BAD_LINES)
@@ -258,11 +260,14 @@ def test_rerun_into_the_same_output_replaces_the_earlier_shards(tiny, tiny_check
     stale = out / "predictions-19990101T000000-deadbeef-00000-of-00001.parquet"
     stale.parent.mkdir()
     stale.write_bytes(b"left by an earlier run")
+    (out / "notes.txt").write_text("a user's own file")
     flags = RUNNER + [f"--profiles={profiles}", f"--queries={queries}", f"--output={out}", "--max_new_tokens=2",
                       f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}"]
     for _ in range(2):
         assert generate.main(flags) == 0
-    shards = sorted(out.glob("predictions-*"))
-    dead = sorted((out / "dead_letters").glob("dead_letters-*"))
-    assert len(shards) == 1 and len(dead) == 1 and not stale.exists()
-    assert pq.read_table(shards[0]).num_rows == len(QUERIES)
+    (run_id,) = [p.name for p in out.iterdir() if p.is_dir() and p.name != "dead_letters"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["CURRENT", run_id, "dead_letters", "notes.txt",
+                                                            "run_summary.json"])
+    assert sorted(p.name for p in (out / "dead_letters").iterdir()) == sorted(["CURRENT", run_id])
+    (shard,) = current_shards(str(out), "predictions-*")
+    assert pq.read_table(shard).num_rows == len(QUERIES) and (out / "CURRENT").read_text() == f"{run_id}\n"
