@@ -10,10 +10,12 @@ import pytest
 
 from commer.merge import merge_all
 from commer.recency import recency_merge_all
+from pipelines import compress_users
 from pipelines.io import parquet_shards
 from pipelines.runtime import CliError
 from schemas import DocumentCompression, read_metadata, read_parquet, from_table
 from test_compress_users import corpus, job, profiles, write_jsonl
+from test_dataflow_dry_run import dry_run
 
 DAY0 = datetime(2026, 6, 1, 8, tzinfo=timezone.utc)
 UTC = timezone.utc
@@ -162,3 +164,11 @@ def test_default_is_the_plain_mean_and_old_files_still_refresh(tmp_path, tiny_ch
     for user, profile in profiles(tmp_path / "second").items():
         assert profile.doc_ids == sorted(comps[user])
         assert rel(profile.soft_prompt, merge_all(c.compression for c in comps[user].values()).mean()) <= 1e-6
+
+
+def test_the_rebuild_branch_builds_for_dataflow(tmp_path, tiny_checkpoint, commer_cache, capsys):
+    write_jsonl(tmp_path / "docs.jsonl", dated_rows(0, users=1))
+    out = dry_run(compress_users, ["--input", str(tmp_path / "docs.jsonl"), "--output", str(tmp_path / "o"),
+                                   "--half_life_days", "30", "--checkpoint", tiny_checkpoint, "--cache_dir",
+                                   commer_cache], capsys)
+    assert "job graph built for Dataflow, not submitted" in out
