@@ -156,7 +156,9 @@ class ProfileState:
             return None
         state = previous.state(self.half_life_days, user_id) if previous is not None \
             else RecencyState(self.half_life_days)
-        state.merge(self.added, user_id).subtract(self.removed, user_id).advance_to(now)
+        state.merge(self.added, user_id).subtract(self.removed, user_id)
+        # The reference never moves back (a clock behind the previous run's); the mean does not depend on it.
+        state.advance_to(max(now, state.reference_time or now))
         if state.count != len(doc_ids):
             raise StateError(f"user {user_id!r}: count {state.count} does not match {len(doc_ids)} doc_ids")
         if state.decays and not state.reliable():

@@ -152,3 +152,14 @@ def test_documents_are_dated_by_rule_and_counted():
     got = [dated(d, run, count("missing"), count("future")).created_at for d in docs]
     assert got == [run, run, datetime(2026, 1, 1, tzinfo=timezone.utc)]
     assert counted == {"missing": 1, "future": 1}
+
+
+def test_a_run_clock_behind_the_previous_run_keeps_the_reference():
+    comps = compressions(2)
+    first = ProfileState(30.0).add("d000", comps["d000"], T0).finalize("u", FP, T0 + timedelta(days=2))
+    behind = T0 + timedelta(days=1)
+    again = ProfileState(30.0).set_previous(stored_and_read_back(first, 30.0)).add("d001", comps["d001"], behind)
+    profile = again.finalize("u", FP, behind)
+    assert profile.recency_reference_time == T0 + timedelta(days=2) and profile.updated_at == behind
+    expected = (comps["d000"].astype(np.float64) + 2 ** (1 / 30) * comps["d001"]) / (1 + 2 ** (1 / 30))
+    assert rel(profile.soft_prompt, expected) <= 1e-6
