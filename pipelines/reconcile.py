@@ -20,9 +20,10 @@ new record with the same id then (re-)adds the document. Rules, in order:
      (schemas.validation.pick_one: the same choice in any order or sharding).
   4. The kept record is compressed, unless the profile still holds the id (`already_merged`).
 
-`dated` gives a new document the created_at it is weighted with (commer.recency's rule: missing →
-the run's date, future → clamped to it). The result does not depend on the order of the events. Every input record ends in exactly one
-of `compress`, `already_merged` or `duplicates` (invariant 6).
+The result does not depend on the order of the events. Every input record ends in exactly one
+of `compress`, `already_merged` or `duplicates` (invariant 6). `dated` then gives a document to
+compress the created_at it is weighted and stored with (commer.recency's rule: missing → the run's
+date, future → clamped to it).
 """
 from __future__ import annotations
 
