@@ -13,7 +13,7 @@ Pipeline (labels as in the Beam graph):
     Tokenize ─► GroupByLength (bucketed batches) ─► Compress (RunInference, ComMer handler)
         ▼
     MergeProfiles (CombinePerKey over user_id, profile_state.Update → ProfileState) ─► Finalize ─► WriteProfiles
-    (--half_life_days: users whose deletions cancelled most weight ─► RebuildProfiles, from stored compressions)
+    (--half_life_days and --deletions: users whose deletions cancelled most weight ─► RebuildProfiles)
 
 Reconciliation: records_read = compressed + dead_lettered + duplicates + already_merged
 (already_merged is 0 on a full run: records whose doc_id a previous profile already holds).
@@ -219,14 +219,16 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan) -> None:
                   | "SplitBatches" >> beam.FlatMap(split_batches, options.batch_size)
                   | "Compress" >> RunInference(handler)
                   | "Unbatch" >> beam.FlatMap(unbatch))
+    can_rebuild = plan.half_life_days is not None and bool(plan.deletion_files)
     states.append(compressed | "KeyAdditions" >> beam.Map(lambda x: (x[0], Update(Change.ADD, x[1], x[2],
                                                                                   created_at=x[3]))))
     final = (states | "FlattenStates" >> beam.Flatten()
              | "MergeProfiles" >> beam.CombinePerKey(AccumulatorFn(partial(ProfileState, plan.half_life_days),
                                                                    apply_update, unchanged))
-             | "Finalize" >> beam.ParDo(Finalize(plan.fingerprint, plan.now)).with_outputs(REBUILD, main="kept"))
+             | "Finalize" >> beam.ParDo(Finalize(plan.fingerprint, plan.now, can_rebuild)).with_outputs(
+                 REBUILD, main="kept"))
     profiles = final.kept
-    if plan.half_life_days is not None:  # rare: deletions cancelled most of a user's weight
+    if can_rebuild:  # rare: deletions cancelled most of a user's weight
         documents = (compressed, reconciled[CARRY]) | "FlattenDocuments" >> beam.Flatten()
         rebuilt = (final[REBUILD], documents) | "RebuildProfiles" >> RebuildProfiles(
             plan.half_life_days, plan.fingerprint, plan.now)

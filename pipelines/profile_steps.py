@@ -16,7 +16,7 @@ from datetime import datetime
 import apache_beam as beam
 
 from pipelines.io import DEAD
-from pipelines.profile_state import Change, Rebuild, Update, rebuild_profile
+from pipelines.profile_state import Change, Rebuild, StateError, Update, rebuild_profile
 from pipelines.reconcile import Deletion, dated, decide
 from pipelines.runtime import counters
 from schemas.validation import duplicate_letter
@@ -56,10 +56,14 @@ class Reconcile(beam.DoFn):
 
 
 class Finalize(beam.DoFn):
-    """(user_id, ProfileState) → the Profile, or a Rebuild on REBUILD (counted as written and updated)."""
+    """(user_id, ProfileState) → the Profile, or a Rebuild on REBUILD (counted as written and updated).
 
-    def __init__(self, fingerprint: str, now: datetime):
-        self.fingerprint, self.now = fingerprint, now
+    Only a run with deletions can need a rebuild (additions alone never lower the weight left per weight
+    ever added), so the job wires RebuildProfiles only then; `can_rebuild=False` makes a Rebuild an
+    error instead of a user silently left out."""
+
+    def __init__(self, fingerprint: str, now: datetime, can_rebuild: bool = True):
+        self.fingerprint, self.now, self.can_rebuild = fingerprint, now, can_rebuild
         self.counters = counters("profiles_written", "profiles_new", "profiles_updated", "profiles_unchanged",
                                  "profiles_removed", "profiles_rebuilt", "compressed")
 
@@ -74,6 +78,9 @@ class Finalize(beam.DoFn):
         kind = "new" if state.previous is None else ("updated" if state.changed else "unchanged")
         self.counters[f"profiles_{kind}"].inc()
         if isinstance(profile, Rebuild):
+            if not self.can_rebuild:
+                raise StateError(f"user {user_id!r} must be rebuilt from stored compressions, in a run without "
+                                 "deletions; its stored profile state is inconsistent: recompute it with a full run")
             self.counters["profiles_rebuilt"].inc()
             yield beam.pvalue.TaggedOutput(REBUILD, profile)
         else:

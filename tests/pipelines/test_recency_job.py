@@ -12,6 +12,8 @@ from commer.merge import merge_all
 from commer.recency import recency_merge_all
 from pipelines import compress_users
 from pipelines.io import parquet_shards
+from pipelines.profile_state import PreviousProfile, ProfileState, StateError
+from pipelines.profile_steps import Finalize
 from pipelines.runtime import CliError
 from schemas import DocumentCompression, read_metadata, read_parquet, from_table
 from test_compress_users import corpus, job, profiles, write_jsonl
@@ -166,9 +168,22 @@ def test_default_is_the_plain_mean_and_old_files_still_refresh(tmp_path, tiny_ch
         assert rel(profile.soft_prompt, merge_all(c.compression for c in comps[user].values()).mean()) <= 1e-6
 
 
-def test_the_rebuild_branch_builds_for_dataflow(tmp_path, tiny_checkpoint, commer_cache, capsys):
-    write_jsonl(tmp_path / "docs.jsonl", dated_rows(0, users=1))
-    out = dry_run(compress_users, ["--input", str(tmp_path / "docs.jsonl"), "--output", str(tmp_path / "o"),
-                                   "--half_life_days", "30", "--checkpoint", tiny_checkpoint, "--cache_dir",
-                                   commer_cache], capsys)
+def test_the_rebuild_branch_builds_for_dataflow(nights, tiny_checkpoint, commer_cache, capsys):
+    tmp, _, _ = nights
+    out = dry_run(compress_users, ["--input", str(tmp / "in2.jsonl"), "--output", str(tmp / "dry"),
+                                   "--previous_profiles", str(tmp / "n2"), "--deletions", str(tmp / "del.jsonl"),
+                                   "--previous_document_compressions", str(tmp / "comp2"), "--half_life_days", "30",
+                                   "--checkpoint", tiny_checkpoint, "--cache_dir", commer_cache], capsys)
     assert "job graph built for Dataflow, not submitted" in out
+
+
+def test_a_rebuild_where_none_is_wired_fails_rather_than_drop_the_user():
+    dates = [datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 3, 1, tzinfo=UTC)]
+    comps = np.ones((2, 4, 8), np.float32) * np.array([1, 3], np.float32)[:, None, None]
+    base = ProfileState(1.0).add("a", comps[0], dates[0]).add("b", comps[1], dates[1])
+    stored = base.finalize("u", "fp", dates[1])
+    previous = PreviousProfile.from_row(stored.model_dump(), stored.soft_prompt_sum, stored.soft_prompt)
+    state = ProfileState(1.0).set_previous(previous).remove("b", comps[1], dates[1])
+    assert [type(x).__name__ for x in Finalize("fp", dates[1]).process(("u", state))] == ["TaggedOutput"]
+    with pytest.raises(StateError, match="'u' must be rebuilt"):
+        list(Finalize("fp", dates[1], can_rebuild=False).process(("u", state)))
