@@ -8,11 +8,12 @@ Pipeline (labels as in the Beam graph):
     ReadDocuments*/ParseDocuments* ─► dead letters (parse/validate)
         │ Events keyed (user_id, doc_id): RECORD, IN_PROFILE, DELETE, STORED
         ▼
-    Reconcile (pipelines.reconcile.decide) ─► duplicates (dead letters), already-merged, removals, carried
-        ▼
+    Reconcile (pipelines.reconcile.decide; dates new documents) ─► duplicates (dead letters), already-merged,
+        ▼                                                                removals, carried
     Tokenize ─► GroupByLength (bucketed batches) ─► Compress (RunInference, ComMer handler)
         ▼
     MergeProfiles (CombinePerKey over user_id, profile_state.Update → ProfileState) ─► Finalize ─► WriteProfiles
+    (--half_life_days and --deletions: users whose deletions cancelled most weight ─► RebuildProfiles)
 
 Reconciliation: records_read = compressed + dead_lettered + duplicates + already_merged
 (already_merged is 0 on a full run: records whose doc_id a previous profile already holds).
@@ -32,27 +33,29 @@ from apache_beam.ml.inference.base import RunInference
 from pydantic import BaseModel, Field
 
 from pipelines.combiners import AccumulatorFn, unchanged
+from pipelines.half_life import check_half_life
 from pipelines.inference import ComMerModelHandler, Tokenize, split_batches, unbatch
 from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints,
                           check_unique_users, explode_compressions, match, parquet_shards, read_records,
                           write_dead_letters, write_tables)
-from pipelines.options import add_dead_letter_flag, add_model_flags, dead_letter_folder, job_parser, parse, wants_help
+from pipelines.options import (add_dead_letter_flag, add_model_flags, add_recency_flag, dead_letter_folder, job_parser,
+                               parse, wants_help)
 from pipelines.output_state import phase, publish, publish_profiles, run_folder
 from pipelines.profile_state import Change, ProfileState, Update, apply_update
-from pipelines.reconcile import Deletion, Event, decide
-from pipelines.runtime import (CliError, checkpoint_config, counter_values, counters, new_run_id, run_cli,
+from pipelines.profile_steps import CARRY, DATE_COUNTERS, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
+from pipelines.reconcile import Event
+from pipelines.runtime import (CliError, checkpoint_config, counter_values, new_run_id, run_cli,
                                run_pipeline, write_json)
 from schemas import DocumentCompression, Profile, arrow_schema
-from schemas.validation import DEFAULT_MAX_RECORD_BYTES, duplicate_letter, parse_deletion, parse_json_line, validate_row
+from schemas.validation import DEFAULT_MAX_RECORD_BYTES, parse_deletion, parse_json_line, validate_row
 
 log = logging.getLogger(__name__)
 
 SAMPLE_INPUT = str(Path(__file__).parent / "sample_data" / "documents-*.jsonl")
-REMOVE, CARRY = "remove", "carry"
 COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "already_merged", "compressed",
             "truncated", "tokens", "deletions_requested", "deletions_applied", "deletions_unmatched",
             "deletions_invalid", "profiles_written", "profiles_new", "profiles_updated", "profiles_unchanged",
-            "profiles_removed", "previous_profiles_read", "padding_tokens")
+            "profiles_removed", "profiles_rebuilt", "previous_profiles_read", "padding_tokens", *DATE_COUNTERS)
 
 parser = job_parser(
     "python -m pipelines.compress_users",
@@ -60,6 +63,7 @@ parser = job_parser(
     "sample corpus on the in-process FnApiRunner (the DirectRunner's batch engine).")
 add_dead_letter_flag(parser)
 add_model_flags(parser)
+add_recency_flag(parser)
 parser.add_argument("--input", default=None, help="Documents: a file glob, local or gs://. Files ending in .parquet "
                     "are read as Parquet, all others as JSONL (gzip by extension). Each record: user_id, doc_id, "
                     "text (+ optional created_at). Default: the sample corpus shipped in the package "
@@ -113,12 +117,13 @@ class JobPlan(BaseModel):
     previous_compression_files: list[str] = Field(default_factory=list, description="Previous compression shards.")
     deletion_files: list[str] = Field(default_factory=list, description="Deletion request files.")
     run_id: str = Field(description="Unique id of this run; part of every shard name it writes.")
-    now: datetime = Field(description="updated_at of every profile this run changes.")
+    now: datetime = Field(description="updated_at of every profile this run changes; the recency reference time.")
+    half_life_days: float | None = Field(None, description="Recency half-life (None: the paper's plain mean).")
 
     @property
     def metadata(self) -> dict:
         return {"fingerprint": self.fingerprint, "backbone": self.backbone, "trained": self.trained,
-                "run_id": self.run_id}
+                "run_id": self.run_id, "half_life_days": self.half_life_days}
 
 
 def make_plan(options: argparse.Namespace) -> JobPlan:
@@ -137,7 +142,7 @@ def make_plan(options: argparse.Namespace) -> JobPlan:
         document_compressions_output=(options.document_compressions_output.rstrip("/")
                                       if options.document_compressions_output else None),
         run_id=new_run_id(),
-        now=datetime.now(timezone.utc),
+        now=datetime.now(timezone.utc), half_life_days=options.half_life_days,
     )
     if options.deletions:
         if not options.previous_profiles:
@@ -159,6 +164,7 @@ def make_plan(options: argparse.Namespace) -> JobPlan:
     elif plan.document_compressions_output and options.previous_profiles:
         log.warning("--document_compressions_output without --previous_document_compressions holds only this "
                     "run's new documents; later --deletions of older documents will not find them")
+    check_half_life(plan.half_life_days, plan.previous_profile_files, plan.previous_compression_files)
     return plan
 
 
@@ -170,49 +176,6 @@ def parse_document(raw, source: str, max_record_bytes: int):
     if isinstance(raw, dict):
         return validate_row(raw, source, max_record_bytes=max_record_bytes)
     return parse_json_line(raw, source, max_record_bytes)
-
-
-class Reconcile(beam.DoFn):
-    """Beam wrapper over pipelines.reconcile.decide: routes one document's Decision to the outputs."""
-
-    def __init__(self):
-        self.counters = counters("duplicates", "already_merged", "deletions_applied", "deletions_unmatched")
-
-    def process(self, element):
-        (user_id, doc_id), events = element
-        decision = decide(user_id, doc_id, events)
-        if decision.deletion is not None:
-            self.counters[f"deletions_{decision.deletion.value}"].inc()
-        if decision.deletion is Deletion.APPLIED:
-            yield beam.pvalue.TaggedOutput(REMOVE, (user_id, Update(Change.REMOVE, doc_id, decision.remove)))
-        if decision.carry is not None:
-            yield beam.pvalue.TaggedOutput(CARRY, (user_id, doc_id, decision.carry))
-        for dup in decision.duplicates:
-            self.counters["duplicates"].inc()
-            yield beam.pvalue.TaggedOutput(DEAD, duplicate_letter(dup))
-        if decision.already_merged:
-            self.counters["already_merged"].inc()
-        if decision.compress is not None:
-            yield decision.compress
-
-
-class Finalize(beam.DoFn):
-    def __init__(self, fingerprint: str, now: datetime):
-        self.fingerprint, self.now = fingerprint, now
-        self.counters = counters("profiles_written", "profiles_new", "profiles_updated", "profiles_unchanged",
-                                 "profiles_removed", "compressed")
-
-    def process(self, element):
-        user_id, state = element
-        self.counters["compressed"].inc(len(state.added_ids))
-        profile = state.finalize(user_id, self.fingerprint, self.now)
-        if profile is None:
-            self.counters["profiles_removed"].inc()
-        else:
-            self.counters["profiles_written"].inc()
-            kind = "new" if state.previous is None else ("updated" if state.changed else "unchanged")
-            self.counters[f"profiles_{kind}"].inc()
-            yield profile
 
 
 # ---- the pipeline -------------------------------------------------------------------------
@@ -242,7 +205,8 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan) -> None:
 
     reconciled = (keyed | "FlattenKeyed" >> beam.Flatten()
                   | "GroupByDocument" >> beam.GroupByKey()
-                  | "Reconcile" >> beam.ParDo(Reconcile()).with_outputs(DEAD, REMOVE, CARRY, main="to_compress"))
+                  | "Reconcile" >> beam.ParDo(Reconcile(plan.now)).with_outputs(DEAD, REMOVE, CARRY,
+                                                                                 main="to_compress"))
     dead_letters.append(reconciled[DEAD])
     states.append(reconciled[REMOVE])
 
@@ -256,18 +220,27 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan) -> None:
                   | "SplitBatches" >> beam.FlatMap(split_batches, options.batch_size)
                   | "Compress" >> RunInference(handler)
                   | "Unbatch" >> beam.FlatMap(unbatch))
-    states.append(compressed | "KeyAdditions" >> beam.Map(lambda x: (x[0], Update(Change.ADD, x[1], x[2]))))
-
-    profiles = (states | "FlattenStates" >> beam.Flatten()
-                | "MergeProfiles" >> beam.CombinePerKey(AccumulatorFn(ProfileState, apply_update, unchanged))
-                | "Finalize" >> beam.ParDo(Finalize(plan.fingerprint, plan.now)))
+    can_rebuild = plan.half_life_days is not None and bool(plan.deletion_files)
+    states.append(compressed | "KeyAdditions" >> beam.Map(lambda x: (x[0], Update(Change.ADD, x[1], x[2],
+                                                                                  created_at=x[3]))))
+    final = (states | "FlattenStates" >> beam.Flatten()
+             | "MergeProfiles" >> beam.CombinePerKey(AccumulatorFn(partial(ProfileState, plan.half_life_days),
+                                                                   apply_update, unchanged))
+             | "Finalize" >> beam.ParDo(Finalize(plan.fingerprint, plan.now, can_rebuild)).with_outputs(
+                 REBUILD, main="kept"))
+    profiles = final.kept
+    if can_rebuild:  # rare: deletions cancelled most of a user's weight
+        documents = (compressed, reconciled[CARRY]) | "FlattenDocuments" >> beam.Flatten()
+        rebuilt = (final[REBUILD], documents) | "RebuildProfiles" >> RebuildProfiles(
+            plan.half_life_days, plan.fingerprint, plan.now)
+        profiles = (profiles, rebuilt) | "FlattenProfiles" >> beam.Flatten()
     write_tables(profiles, "Profiles", f"{run_folder(plan.output + '/profiles', plan.run_id)}/profiles-{plan.run_id}",
                  arrow_schema(Profile, (plan.K, plan.d), plan.metadata), options.profiles_per_table)
     if plan.document_compressions_output:
         records = ((compressed, reconciled[CARRY]) | "FlattenCompressions" >> beam.Flatten()
                    | "CompressionRecords" >> beam.MapTuple(
-                       lambda user_id, doc_id, comp, fp=plan.fingerprint: DocumentCompression(
-                           user_id=user_id, doc_id=doc_id, compression=comp, model_fingerprint=fp)))
+                       lambda user_id, doc_id, comp, when, fp=plan.fingerprint: DocumentCompression(
+                           user_id=user_id, doc_id=doc_id, compression=comp, model_fingerprint=fp, created_at=when)))
         write_tables(records, "Compressions", f"{run_folder(plan.document_compressions_output, plan.run_id)}/"
                      f"document_compressions-{plan.run_id}",
                      arrow_schema(DocumentCompression, (plan.K, plan.d), plan.metadata), 1024)
@@ -290,6 +263,9 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
         "duplicates": counters["duplicates"],
         "already_merged": counters["already_merged"],
         "truncated": counters["truncated"],
+        # Documents weighted and stored with a created_at set by rule (commer.recency.effective_created_at).
+        "created_at_missing": counters["created_at_missing"],
+        "created_at_in_future": counters["created_at_in_future"],
         "reconciled": counters["records_read"] == accounted,
         "seconds": round(seconds, 3),
         "documents_per_second": round(counters["compressed"] / seconds, 2) if seconds > 0 else None,
@@ -306,6 +282,7 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
         "dead_letter_output": plan.dead_letter_output,
         "document_compressions_output": plan.document_compressions_output,
         "previous_profiles": bool(plan.previous_profile_files),
+        "half_life_days": plan.half_life_days,
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }
 
@@ -335,7 +312,8 @@ def main(argv: list[str]) -> int:
     summary = run(argv)
     print(f"users: {summary['users']}  documents: {summary['documents_compressed']} compressed of "
           f"{summary['documents_read']} read  dead letters: {summary['dead_letters']}  duplicates: "
-          f"{summary['duplicates']}  already merged: {summary['already_merged']}  truncated: {summary['truncated']}")
+          f"{summary['duplicates']}  already merged: {summary['already_merged']}  truncated: {summary['truncated']}  "
+          f"created_at missing/in future: {summary['created_at_missing']}/{summary['created_at_in_future']}")
     print(f"{summary['documents_per_second']} documents/second ({summary['seconds']} s)  reconciled: "
           f"{summary['reconciled']}")
     print(f"profiles: {summary['profiles']}  dead letters: {summary['dead_letter_output']}  "

@@ -66,7 +66,7 @@ def tokenize(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
 # ---- compress ---------------------------------------------------------------------------
 
 class Tokenize(beam.DoFn):
-    """ValidDocument → (length-bucket key, (user_id, doc_id, token ids))."""
+    """ValidDocument → (length-bucket key, (user_id, doc_id, token ids, created_at))."""
 
     def __init__(self, checkpoint, backbone, cache, limit: int, width: int, shards: int):
         self.args = (checkpoint, backbone, cache)
@@ -81,7 +81,8 @@ class Tokenize(beam.DoFn):
         if cut:
             self.truncated.inc()
         self.tokens.inc(len(ids))
-        yield batch_key(doc.user_id, doc.doc_id, len(ids), self.width, self.shards), (doc.user_id, doc.doc_id, ids)
+        yield batch_key(doc.user_id, doc.doc_id, len(ids), self.width, self.shards), (doc.user_id, doc.doc_id, ids,
+                                                                                    doc.created_at)
 
 
 _PADDING_TOKENS = counter("padding_tokens")
@@ -131,7 +132,7 @@ class Compressor:
 
 
 class ComMerModelHandler(ModelHandler):
-    """RunInference handler: one element = one length-bucketed batch of (user_id, doc_id, token ids).
+    """RunInference handler: one element = one length-bucketed batch of (user_id, doc_id, token ids, created_at).
 
     Batches are formed upstream by length, so RunInference must not re-batch them.
     """
@@ -148,7 +149,7 @@ class ComMerModelHandler(ModelHandler):
         return compressor
 
     def run_inference(self, batch, model: Compressor, inference_args=None):
-        results = [PredictionResult([(x[0], x[1]) for x in element], model.compress([x[2] for x in element]))
+        results = [PredictionResult([(x[0], x[1], x[3]) for x in element], model.compress([x[2] for x in element]))
                    for element in batch]
         done = sum(len(element) for element in batch)
         progress.add(progress.DONE, done)
@@ -170,8 +171,8 @@ class ComMerModelHandler(ModelHandler):
 
 def unbatch(result: PredictionResult):
     phase("compressing")
-    for (user_id, doc_id), comp in zip(result.example, result.inference):
-        yield user_id, doc_id, np.asarray(comp, dtype=np.float32)
+    for (user_id, doc_id, created_at), comp in zip(result.example, result.inference):
+        yield user_id, doc_id, np.asarray(comp, dtype=np.float32), created_at
 
 
 # ---- generate ---------------------------------------------------------------------------

@@ -219,7 +219,8 @@ class ExplodePreviousProfiles(beam.DoFn):
 
     def process(self, table: pa.Table):
         sums, prompts = tensor_column(table, "soft_prompt_sum"), tensor_column(table, "soft_prompt")
-        for i, row in enumerate(table.select(["user_id", "doc_ids", "model_fingerprint", "updated_at"]).to_pylist()):
+        # Every scalar column: the recency state's too (files written before it have none: plain means).
+        for i, row in enumerate(table.drop_columns(["soft_prompt_sum", "soft_prompt"]).to_pylist()):
             self.read.inc()
             previous = PreviousProfile.from_row(row, sums[i], prompts[i])
             yield row["user_id"], Update(Change.PREVIOUS, previous=previous)
@@ -229,8 +230,8 @@ class ExplodePreviousProfiles(beam.DoFn):
 
 def explode_compressions(table: pa.Table):
     comps = tensor_column(table, "compression")
-    for i, row in enumerate(table.select(["user_id", "doc_id"]).to_pylist()):
-        yield (row["user_id"], row["doc_id"]), Event.stored(comps[i])
+    for i, row in enumerate(table.drop_columns(["compression"]).to_pylist()):  # created_at: none before version 2
+        yield (row["user_id"], row["doc_id"]), Event.stored(comps[i], row.get("created_at"))
 
 
 class ToTable(beam.DoFn):

@@ -66,6 +66,15 @@ def add_dead_letter_flag(parser) -> None:
     parser.add_argument("--dead_letters", dest="dead_letter_output", help=argparse.SUPPRESS)
 
 
+def add_recency_flag(parser: argparse.ArgumentParser) -> None:
+    """--half_life_days: recency-weighted profiles (commer.recency); default the paper's plain mean."""
+    parser.add_argument("--half_life_days", type=float, default=None, help="Weigh each document by "
+                        "2^(-age/half-life), age = days from its created_at to this run's date, instead of the "
+                        "paper's plain mean (the default). A document without created_at is dated at the run that "
+                        "first merges it, a future one at the run's date (both counted). A refresh must use the "
+                        "half-life its --previous_profiles were built with.")
+
+
 def with_local_runner(argv: Sequence[str]) -> list[str]:
     """argv with the local runner added when no runner was named."""
     argv = list(argv)

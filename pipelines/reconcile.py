@@ -5,7 +5,8 @@ The compress job gathers, per (user_id, doc_id), every event that concerns the d
     RECORD      a new input record with this id (there may be several: duplicates)
     IN_PROFILE  the user's previous profile already holds this doc_id
     DELETE      a deletion request names this document
-    STORED      a previous run's stored compression of this document (--previous_document_compressions)
+    STORED      a previous run's stored compression of this document (--previous_document_compressions),
+                with the effective created_at it was weighted with
 
 and `decide` turns them into one `Decision`. Deletions apply to the previous state first; a
 new record with the same id then (re-)adds the document. Rules, in order:
@@ -20,16 +21,21 @@ new record with the same id then (re-)adds the document. Rules, in order:
   4. The kept record is compressed, unless the profile still holds the id (`already_merged`).
 
 The result does not depend on the order of the events. Every input record ends in exactly one
-of `compress`, `already_merged` or `duplicates` (invariant 6).
+of `compress`, `already_merged` or `duplicates` (invariant 6). `dated` then gives a document to
+compress the created_at it is weighted and stored with (commer.recency's rule: missing → the run's
+date, future → clamped to it).
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Iterable
+from datetime import datetime
+from typing import Callable, Iterable
 
 import numpy as np
 
+from commer.recency import effective_created_at
 from schemas.validation import ValidDocument, pick_one
 
 
@@ -47,6 +53,7 @@ class Event:
     kind: Kind
     document: ValidDocument | None = None
     compression: np.ndarray | None = field(default=None, repr=False)
+    created_at: datetime | None = None   # STORED: the effective created_at stored with the compression
 
     @classmethod
     def record(cls, document: ValidDocument) -> "Event":
@@ -61,8 +68,8 @@ class Event:
         return cls(Kind.DELETE)
 
     @classmethod
-    def stored(cls, compression: np.ndarray) -> "Event":
-        return cls(Kind.STORED, compression=compression)
+    def stored(cls, compression: np.ndarray, created_at: datetime | None = None) -> "Event":
+        return cls(Kind.STORED, compression=compression, created_at=created_at)
 
 
 class Deletion(enum.Enum):
@@ -82,13 +89,14 @@ class Decision:
     remove: np.ndarray | None = None            # subtract this stored compression from the profile
     carry: np.ndarray | None = None             # stored compression of a document the profile keeps
     deletion: Deletion | None = None            # outcome of a deletion request, if there was one
+    stored_created_at: datetime | None = None   # with `remove` or `carry`: the created_at stored with it
 
 
 def decide(user_id: str, doc_id: str, events: Iterable[Event]) -> Decision:
     """The fate of one document of one user (see the module docstring for the rules)."""
     records: list[ValidDocument] = []
     in_profile = deleted = False
-    stored = None
+    stored = stored_created_at = None
     for event in events:
         if event.kind is Kind.RECORD:
             records.append(event.document)
@@ -97,7 +105,7 @@ def decide(user_id: str, doc_id: str, events: Iterable[Event]) -> Decision:
         elif event.kind is Kind.DELETE:
             deleted = True
         elif event.kind is Kind.STORED:
-            stored = event.compression
+            stored, stored_created_at = event.compression, event.created_at
     decision = Decision()
     if deleted:
         if in_profile:
@@ -106,14 +114,22 @@ def decide(user_id: str, doc_id: str, events: Iterable[Event]) -> Decision:
                     f"cannot delete document {doc_id!r} of user {user_id!r} exactly: it is not in "
                     "--previous_document_compressions (pass the compressions of every earlier run)")
             decision.deletion, decision.remove = Deletion.APPLIED, stored
+            decision.stored_created_at = stored_created_at
             in_profile, stored = False, None
         else:
             decision.deletion = Deletion.UNMATCHED
     if stored is not None and in_profile:
-        decision.carry = stored
+        decision.carry, decision.stored_created_at = stored, stored_created_at
     kept, decision.duplicates = pick_one(records)
     if kept is not None and in_profile:
         decision.already_merged = True
     elif kept is not None:
         decision.compress = kept
     return decision
+
+
+def dated(document: ValidDocument, run_time: datetime, on_missing: Callable[[], None] | None = None,
+          on_future: Callable[[], None] | None = None) -> ValidDocument:
+    """The document with the effective created_at it is weighted and stored with (hooks count the dated-by-rule)."""
+    return dataclasses.replace(document, created_at=effective_created_at(document.created_at, run_time, on_missing,
+                                                                         on_future))

@@ -13,7 +13,9 @@ import numpy as np
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StringConstraints, field_validator,
                       model_validator)
 
-SCHEMA_VERSION = 1
+# 2: recency-weighted profiles (issue 16): Profile.recency_*, DocumentCompression.created_at, file
+# metadata half_life_days. Version-1 files still read: their rows are plain means (see Profile).
+SCHEMA_VERSION = 2
 
 
 class TensorSpec:
@@ -74,6 +76,30 @@ class Profile(Record):
     doc_ids: list[str] = Field(description="Sorted doc_ids already merged: refresh skips them (idempotent).")
     model_fingerprint: str = Field(description="Fingerprint of the checkpoint that compressed the documents.")
     updated_at: datetime = Field(default_factory=utc_now, description="When this profile was last changed.")
+    # Recency state (commer.recency.RecencyState.to_stored): soft_prompt_sum above is its `total`.
+    recency_half_life_days: Optional[float] = Field(None, description="Half-life of the document weights in days; "
+                                                    "None = the paper's plain mean (every weight 1).")
+    recency_reference_time: Optional[datetime] = Field(None, description="The run date the weights were last "
+                                                       "referred to (None for the plain mean).")
+    recency_weight: float = Field(description="Total weight, scaled like soft_prompt_sum by 2**-recency_anchor "
+                                  "(= doc_count for the plain mean).")
+    recency_anchor: int = Field(0, description="Whole half-lives since 1970 that the stored sum and weights are "
+                                "relative to (0 for the plain mean).")
+    recency_gross_weight: float = Field(description="Weight of every add and remove since the state was last "
+                                        "built from scratch: the cancellation guard's numerator.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_mean_by_default(cls, data):
+        """Rows written before recency weighting (schema version 1) are plain means: weight = doc_count."""
+        if isinstance(data, dict) and "doc_count" in data:
+            data = dict(data)
+            for name in ("recency_weight", "recency_gross_weight"):
+                if data.get(name) is None:
+                    data[name] = float(data["doc_count"])
+            if data.get("recency_anchor") is None:
+                data["recency_anchor"] = 0
+        return data
 
 
 class DocumentCompression(Record):
@@ -83,6 +109,9 @@ class DocumentCompression(Record):
     doc_id: NonEmptyId = Field(description="The document.")
     compression: Float32Tensor = Field(description="The document's K×d compression.")
     model_fingerprint: str = Field(description="Fingerprint of the checkpoint that compressed it.")
+    created_at: Optional[datetime] = Field(None, description="The effective created_at the document was weighted "
+                                           "with (missing → the run's date, future → clamped to it); a deletion "
+                                           "subtracts the same weight. None in files written before version 2.")
 
 
 class Query(Record):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Iterable
 
 from pydantic import BaseModel, ValidationError
@@ -39,6 +40,7 @@ class ValidDocument:
     doc_id: str
     # Hidden from repr: runners put element reprs into error messages and debug logs.
     text: str = field(repr=False)
+    created_at: datetime | None = None
 
 
 def _record_text(raw: str) -> str:
@@ -139,7 +141,7 @@ def validate_row(row: Any, source: str = "", raw: str | None = None,
     doc = _validate(row, Document, source, raw)
     if isinstance(doc, DeadLetter):
         return doc
-    return ValidDocument(doc.user_id, doc.doc_id, doc.text)
+    return ValidDocument(doc.user_id, doc.doc_id, doc.text, doc.created_at)
 
 
 def invalid_unicode(value: Any, where: str = "") -> str | None:
@@ -201,7 +203,9 @@ def pick_one(documents: Iterable[ValidDocument]) -> tuple[ValidDocument | None, 
 
     The kept one is the smallest by content hash, so every run, sharding and order keeps the same.
     """
-    docs = sorted(documents, key=lambda d: text_key(d.text))
+    # created_at breaks ties between same-text records: recency weights depend on it.
+    docs = sorted(documents, key=lambda d: (text_key(d.text), d.created_at is not None,
+                                            d.created_at.isoformat() if d.created_at else ""))
     return (docs[0] if docs else None), docs[1:]
 
 

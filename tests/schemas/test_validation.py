@@ -1,5 +1,6 @@
 """Raw records → documents or dead letters (schemas.validation): no Beam, no model."""
 import json
+from datetime import datetime, timezone
 
 import pytest
 
@@ -16,7 +17,8 @@ def line(**row) -> bytes:
 
 def test_valid_line_becomes_a_document():
     doc = parse_json_line(line(user_id="u1", doc_id="d1", text="hello there", created_at="2026-01-01T00:00:00Z"))
-    assert doc == ValidDocument("u1", "d1", "hello there")
+    # created_at is kept: recency-weighted profiles (--half_life_days) weigh the document by it.
+    assert doc == ValidDocument("u1", "d1", "hello there", datetime(2026, 1, 1, tzinfo=timezone.utc))
 
 
 @pytest.mark.parametrize("raw, stage, words", [
@@ -63,10 +65,12 @@ def test_parquet_rows_including_binary_text():
 
 def test_duplicates_keep_the_same_record_in_any_order():
     docs = [ValidDocument("u", "d", t) for t in ("alpha", "beta", "gamma")]
-    kept = {pick_one(order)[0] for order in (docs, docs[::-1], docs[1:] + docs[:1])}
+    # Same text, other dates: the date decides too (a recency weight depends on it).
+    docs += [ValidDocument("u", "d", "alpha", datetime(2026, 1, day, tzinfo=timezone.utc)) for day in (2, 1)]
+    kept = {pick_one(order)[0] for order in (docs, docs[::-1], docs[1:] + docs[:1], docs[3:] + docs[:3])}
     assert len(kept) == 1
     kept_one, dups = pick_one(docs)
-    assert len(dups) == 2 and kept_one not in dups
+    assert len(dups) == 4 and kept_one not in dups
     letter = duplicate_letter(dups[0])
     assert letter.stage == "duplicate" and letter.reason and SECRET not in letter.reason
 
