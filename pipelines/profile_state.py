@@ -147,7 +147,8 @@ class ProfileState:
             return _profile(user_id, state, previous.soft_prompt, previous.doc_ids, previous.fingerprint,
                             previous.updated_at)
         old_ids = set(previous.doc_ids) if previous is not None else set()
-        if self.added_ids & old_ids:
+        # A deleted document sent again in the same run is a replacement, not a second copy.
+        if self.added_ids & (old_ids - self.removed_ids):
             raise StateError(f"user {user_id!r}: a document already in the profile was added again")
         if not self.removed_ids <= old_ids:
             raise StateError(f"user {user_id!r}: a removed document is not in the previous profile")

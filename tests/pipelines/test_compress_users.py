@@ -230,6 +230,25 @@ def test_deletions_are_exact(tmp_path, tiny_checkpoint, commer_cache, reference_
     assert len(read_parquet(str(tmp_path / "comp2"))) == len(kept)
 
 
+def test_a_document_deleted_and_sent_again_in_one_run_is_replaced(tmp_path, tiny_checkpoint, commer_cache,
+                                                                  reference_model):
+    """README: deleting a doc_id and sending it again in the same run replaces the document."""
+    rows = [{"user_id": "u", "doc_id": "d0", "text": "the old text of d0"},
+            {"user_id": "u", "doc_id": "d1", "text": "another document"}]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "in.jsonl", "base",
+        "--document_compressions_output", str(tmp_path / "comp"))
+    new = {"user_id": "u", "doc_id": "d0", "text": "a completely new text"}
+    write_jsonl(tmp_path / "new.jsonl", [new])
+    write_jsonl(tmp_path / "del.jsonl", [{"user_id": "u", "doc_id": "d0"}])
+    summary = job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "new.jsonl", "after",
+                  "--previous_profiles", str(tmp_path / "base"), "--deletions", str(tmp_path / "del.jsonl"),
+                  "--previous_document_compressions", str(tmp_path / "comp"),
+                  "--document_compressions_output", str(tmp_path / "comp2"))
+    assert summary["counters"]["deletions_applied"] == 1 and summary["documents_compressed"] == 1
+    assert max_rel_error(profiles(tmp_path / "after"), expected_profiles(reference_model, [new, rows[1]])) <= 1e-5
+
+
 def test_tokenizer_matches_the_model(tiny_checkpoint, commer_cache, reference_model):
     tokenizer = load_tokenizer(tiny_checkpoint, None, commer_cache)
     texts = [r["text"] for r in corpus(users=2)]
