@@ -168,3 +168,19 @@ def test_compressions_of_another_checkpoint_are_refused(stored, tiny_backbone, c
                                     f"--document_compressions={stored['compressions']}"])
     err = capsys.readouterr().err
     assert "--document_compressions" in err and "fingerprint" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("ranking", [["--retrieval=bm25", "--documents=D"], ["--retrieval=similarity"]])
+def test_retrieved_graphs_build_for_dataflow(ranking, stored, tiny_checkpoint, commer_cache, tmp_path, capsys):
+    """The retrieval stages (per-user pool, instruction compressor) pickle and wire on Dataflow (offline dry run)."""
+    from pipelines import generate as job
+    dataflow = ["--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--project=demo", "--region=us-central1",
+                "--temp_location=gs://demo/tmp"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(job.main, [f"--queries={stored['queries']}", f"--output={tmp_path / 'out'}",
+                           f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}", "--merge=retrieved",
+                           "--top_m=2", f"--document_compressions={stored['compressions']}",
+                           *[f.replace("=D", f"={stored['docs']}") for f in ranking], *dataflow])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0, out
+    assert "job graph built for Dataflow, not submitted" in out
