@@ -338,6 +338,9 @@ def plot_all(folder: Path, rows: list[dict], extras: dict) -> list[str]:
         ns = [r["num_documents"] for r in own]
         for r in own:
             ax.errorbar(r["num_documents"], r["perplexity"], yerr=err(r), fmt="o", color="C0", capsize=3)
+        for j, r in enumerate(r for r in rows if r["method"] == "retrieved_bm25"):  # offset so the bars stay apart
+            ax.errorbar(r["num_documents"] * 1.06, r["perplexity"], yerr=err(r), fmt="s", color="C2", capsize=3,
+                        label=None if j else "retrieved top-M (bm25) among all the author's articles")
         fit = extras.get("fit")
         if fit:
             grid = np.geomspace(min(ns), max(ns), 100)
@@ -349,7 +352,8 @@ def plot_all(folder: Path, rows: list[dict], extras: dict) -> list[str]:
                 ax.plot(grid, pw["a"] * grid ** pw["b"] + pw["c"], ":", color="C3",
                         label=f"{pw['a']:.2f}·n^{pw['b']:.2f}+{pw['c']:.2f} (R²={pw['r2']:.2f})")
         for r, color in ((next((r for r in rows if r["label"] == "none"), None), "C7"),
-                         (next((r for r in rows if r["group"] == "other"), None), "C1")):
+                         (next((r for r in rows if r["group"] == "other"), None), "C1"),
+                         (next((r for r in rows if r["method"] == "merge_all"), None), "C4")):
             if r is not None:
                 ax.axhline(r["perplexity"], color=color, lw=1, label=f"{r['label']} ({r['perplexity']:.2f})")
         count_axis(ax, ns)
