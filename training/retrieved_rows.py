@@ -17,6 +17,7 @@ also used. The soft prompt is K tokens whatever M, so the generation cost is Com
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Optional
 
@@ -27,6 +28,8 @@ from commer.retrieval import order_by_doc_id, retrieved_soft_prompt, top_m_by_bm
 from training.evaluate_task import prompt_tokens
 from training.tasks import DataError, Example
 from training.tasks import news
+
+log = logging.getLogger("training.retrieved_rows")
 
 RULES = {"retrieved_bm25": "bm25", "retrieved_similarity": "similarity", "merge_all": "all"}
 POOL_NOTE = ("candidates = ALL of the author's other articles (each compressed once), ranked as "
@@ -55,6 +58,7 @@ class AuthorPools:
             if not rows:
                 raise DataError(f"author {author!r} of an example has no articles in --data")
             started = time.time()
+            log.info("candidate pool: compressing an author's %d articles (once per author)", len(rows))
             ids = [article_id(author, j, a) for j, a in enumerate(rows)]
             texts = [news.format_document(a["headline"], a["short_description"]) for a in rows]
             with torch.no_grad():

@@ -90,6 +90,17 @@ def test_each_row_merges_exactly_the_documents_the_generate_job_would(controls):
             assert abs(got - right) <= 1e-6 * abs(right) + 1e-2 * abs(other - right), (label, i, got, right, other)
 
 
+def test_the_pool_path_scores_own_documents_as_the_own_row_does(controls):
+    """Merging the own-4 documents' pooled compressions reproduces the ComMer own 4 row: the rows differ
+    only in which documents they merge, never in how they are compressed or scored."""
+    pools, model = AuthorPools(controls["model"], controls["articles"]), controls["model"]
+    for i, e in enumerate(controls["examples"][:4]):
+        comps, texts = pools.candidates(e)
+        soft = torch.as_tensor(comps[sorted(texts.index(d) for d in e.documents[:4])].mean(0), dtype=torch.float32)
+        nll = float(model.answer_nll([soft], [e.instruction], [e.answer])[0][0])
+        assert controls["rows"]["ComMer own 4"]["_nll"][i] == pytest.approx(nll, rel=1e-5)
+
+
 def test_candidates_are_the_authors_other_articles(controls):
     pools = AuthorPools(controls["model"], controls["articles"])
     e = controls["examples"][0]
