@@ -462,9 +462,9 @@ def run(args) -> dict:
         args.similarity_top_m = []  # the similarity rows come with the query-time merge rows
     if any(m < 1 for m in args.retrieved_top_m + args.similarity_top_m):
         raise DataError("--retrieved_top_m and --similarity_top_m take M >= 1")
-    # Own M's documents (retrieved at the largest n) are what the query-time rows' overlap compares with.
-    largest = max(args.documents + args.text_documents + args.prompt_tuning_documents + args.retrieved_top_m
-                  + args.similarity_top_m + [args.other_documents, args.concat_documents])
+    # Not the query-time rows' M: they choose among all articles, and must not change the example set.
+    largest = max(args.documents + args.text_documents + args.prompt_tuning_documents
+                  + [args.other_documents, args.concat_documents])
     examples = news.load(args.data, "test", largest, seed=args.seed, max_examples=args.max_examples,
                          max_examples_per_user=args.max_examples_per_user)
     if not examples:

@@ -111,7 +111,7 @@ class RetrievedScorer:
                 docs = [texts[i] for i in chosen]
                 out["documents"].append(len(docs))
                 out["prompt_tokens"].append(prompt_tokens(model, "commer", docs, e.instruction))
-                own = set(e.documents[:len(docs)])
+                own = set(e.documents[:len(docs)])  # own M's documents (fewer when M exceeds the largest own n)
                 out["overlap"].append(sum(d in own for d in docs) / len(docs) if docs else 0.0)
             nll, count = model.answer_nll(soft, ins, ans)
             if generate:
