@@ -34,7 +34,7 @@ from pipelines.inference import IN_PROMPT_MAX_TOKENS, ComMerGenerator, Generatio
 from pipelines.io import DEAD, check_fingerprints, match, parquet_shards, parse_as_dict, read_records, write_dead_letters
 from pipelines.options import (add_dead_letter_flag, add_merge_flags, add_model_flags, dead_letter_folder, job_parser,
                                parse, wants_help)
-from pipelines.retrieved_merge import (COMPRESSION_COLUMNS, MergeSettings, UserPool, compress_instructions,
+from pipelines.retrieved_merge import (MergeSettings, UserPool, compress_instructions, compression_shards,
                                        merge_settings, read_compressions)
 from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, remove_stale_shards,
                                run_cli, run_pipeline, write_json)
@@ -241,11 +241,7 @@ def main(argv: list[str]) -> int:
     document_files = match(opts.documents, "--documents") if opts.documents and (opts.mode == "in_prompt" or merge) else []
     shards: list[str] = []
     if merge is not None:
-        shards = parquet_shards(opts.document_compressions, "--document_compressions", "document_compressions")
-        check_fingerprints(shards, settings.fingerprint, "--document_compressions", "DocumentCompression",
-                           COMPRESSION_COLUMNS)
-        log.info("merge=retrieved: per query the mean of the top %d compressions by %s%s", merge.top_m,
-                 merge.retrieval, "; --profiles is not used" if opts.profiles else "")
+        shards = compression_shards(opts, merge)
     elif settings.mode == "commer":
         shards = parquet_shards(opts.profiles, "--profiles", "profiles")
         check_fingerprints(shards, settings.fingerprint, "--profiles", "Profile", PROFILE_COLUMNS)

@@ -13,6 +13,7 @@ in float64 in doc_id order). Ranking and merging are commer.retrieval's Beam-fre
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Iterable, Literal, Optional
 
@@ -25,9 +26,12 @@ from pydantic import BaseModel, Field
 from commer import ComMer
 from commer.retrieval import order_by_doc_id, retrieved_soft_prompt, top_m_by_bm25, top_m_by_similarity
 from pipelines.inference import GenerationSettings
+from pipelines.io import check_fingerprints, parquet_shards
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
 from schemas import tensor_column
 from schemas.validation import text_key
+
+log = logging.getLogger(__name__)
 
 COMPRESSION_COLUMNS = ["user_id", "doc_id", "compression", "model_fingerprint"]
 RETRIEVALS = ("bm25", "similarity")
@@ -68,6 +72,17 @@ def merge_settings(flags, fingerprint: str) -> Optional[MergeSettings]:
 
 
 # ---- reading the compressions table -------------------------------------------------------
+
+def compression_shards(flags, merge: MergeSettings) -> list[str]:
+    """--document_compressions' committed shards (CURRENT followed), refused before anything runs when
+    they are not a compressions table or were made by another checkpoint (another embedding space)."""
+    shards = parquet_shards(flags.document_compressions, "--document_compressions", "document_compressions")
+    check_fingerprints(shards, merge.fingerprint, "--document_compressions", "DocumentCompression",
+                       COMPRESSION_COLUMNS)
+    log.info("merge=retrieved: per query the mean of the top %d compressions by %s%s", merge.top_m,
+             merge.retrieval, "; --profiles is not used" if flags.profiles else "")
+    return shards
+
 
 def compression_rows(table) -> Iterable[tuple[str, dict]]:
     """(user_id, {doc_id, compression, model_fingerprint}) from one Parquet record batch table."""
