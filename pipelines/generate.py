@@ -5,7 +5,8 @@
     queries (JSONL | Parquet) ─ parse/validate ─► dead letters (reason)
           │ by user_id
           ▼
-    CoGroupByKey with profiles (or, --mode=in_prompt, with the user's documents: BM25 top-n)
+    CoGroupByKey with profiles (or, --mode=in_prompt, with the user's documents: BM25 top-n;
+          or, --merge=retrieved, with the user's stored compressions: per query the mean of the top M)
           ▼
     RunInference (one model per process, batches of --batch_size): greedy answer, perplexity of
     the reference when the query has one, prompt length
@@ -34,8 +35,11 @@ from commer.prompting import UserDocuments
 from pipelines.inference import IN_PROMPT_MAX_TOKENS, ComMerGenerator, GenerationSettings
 from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, PREDICTION_SHARDS, check_fingerprints, match, parquet_shards,
                           parse_as_dict, read_records, write_dead_letters)
-from pipelines.options import add_dead_letter_flag, add_model_flags, dead_letter_folder, job_parser, parse, wants_help
+from pipelines.options import (add_dead_letter_flag, add_merge_flags, add_model_flags, dead_letter_folder, job_parser,
+                               parse, wants_help)
 from pipelines.output_state import phase, publish, run_folder
+from pipelines.retrieved_merge import (MergeSettings, UserPool, compress_instructions, compression_shards,
+                                       merge_settings, read_compressions)
 from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, run_cli,
                                run_pipeline, write_json)
 from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, tensor_column
@@ -63,7 +67,7 @@ parser.add_argument("--mode", default="commer", choices=list(MODES),
                          "by BM25 as plain text (baseline; needs --documents); none: no personalization.")
 parser.add_argument("--documents", default=None,
                     help="Documents (same format as compress_users' input: user_id, doc_id, text) for "
-                         "--mode=in_prompt.")
+                         "--mode=in_prompt and --merge=retrieved --retrieval=bm25.")
 parser.add_argument("--num_documents", type=int, default=4,
                     help="In-prompt mode: documents put in the prompt, best BM25 match first.")
 parser.add_argument("--max_prompt_tokens", type=int, default=0,
@@ -79,6 +83,7 @@ parser.add_argument("--seed", type=int, default=0,
                     help="Sampling seed; each query samples with a seed derived from it and its query_id, "
                          "so results do not depend on batching.")
 parser.add_argument("--batch_size", type=int, default=16, help="Queries generated together per model call.")
+add_merge_flags(parser)
 add_dead_letter_flag(parser)
 add_model_flags(parser)
 
@@ -100,8 +105,8 @@ class PlanUser(beam.DoFn):
     Queries are never dropped for lack of a profile: they become non-personalized requests.
     """
 
-    def __init__(self, settings: GenerationSettings):
-        self.settings = settings
+    def __init__(self, settings: GenerationSettings, merge: MergeSettings | None = None):
+        self.settings, self.merge = settings, merge
         self.counters = counters("queries_without_profile", "query_duplicates", "users_with_several_profiles")
 
     def process(self, element):
@@ -111,8 +116,10 @@ class PlanUser(beam.DoFn):
         return list(self._plan(user_id, queries, groups)) if queries else []
 
     def _plan(self, user_id, queries, groups):
-        soft, doc_count, ranked = None, 0, None
-        if self.settings.mode == "commer":
+        soft, doc_count, ranked, pool = None, 0, None, None
+        if self.merge is not None:  # --merge=retrieved: a soft prompt per query, from the stored compressions
+            pool = UserPool(user_id, groups.get("compressions", []), groups.get("documents"), self.merge)
+        elif self.settings.mode == "commer":
             profiles = list(groups.get("profiles", []))
             if len(profiles) > 1:
                 # The main job writes one row per user; keep the fullest one rather than fail.
@@ -137,6 +144,8 @@ class PlanUser(beam.DoFn):
                     record=json.dumps(query)))
                 continue
             seen.add(query["query_id"])
+            if pool is not None:
+                soft, doc_count = pool.soft_prompt(query)
             documents = ranked.top(query["instruction"], self.settings.num_documents) if ranked else None
             personalized = soft is not None or bool(documents)
             if not personalized:
@@ -149,19 +158,24 @@ class PlanUser(beam.DoFn):
 # ---- the pipeline -----------------------------------------------------------------------
 
 def build(pipeline, opts, settings: GenerationSettings, query_files: list[str], document_files: list[str],
-          profile_shards: list[str], run_id: str):
-    """Wire the job into `pipeline`; returns nothing (the sinks are the outputs)."""
+          profile_shards: list[str], run_id: str, merge: MergeSettings | None = None):
+    """Wire the job into `pipeline`; returns nothing (the sinks are the outputs). With `merge`,
+    `profile_shards` are the document compressions' shards."""
     queries, query_dead = read_records(pipeline, "Queries", query_files, partial(parse_as_dict, Query),
                                        "query_read", "query_valid", "query_dead_lettered")
+    if merge is not None and merge.retrieval == "similarity":
+        queries = compress_instructions(queries, settings)
     grouped = {"queries": queries | "KeyQueries" >> beam.Map(lambda q: (q["user_id"], q))}
     dead = [query_dead]
-    if settings.mode == "commer":
+    if merge is not None:
+        grouped["compressions"] = read_compressions(pipeline, profile_shards)
+    elif settings.mode == "commer":
         grouped["profiles"] = (
             pipeline
             | "ProfileShards" >> beam.Create(profile_shards)
             | "ReadProfiles" >> beam.io.ReadAllFromParquetBatched(columns=PROFILE_COLUMNS)
             | "KeyProfiles" >> beam.FlatMap(profile_rows))
-    elif settings.mode == "in_prompt":
+    if document_files:  # --mode=in_prompt, or --merge=retrieved --retrieval=bm25
         documents, doc_dead = read_records(pipeline, "Documents", document_files, partial(parse_as_dict, Document),
                                            "document_read", "document_valid", "document_dead_lettered")
         grouped["documents"] = documents | "KeyDocuments" >> beam.Map(
@@ -170,7 +184,7 @@ def build(pipeline, opts, settings: GenerationSettings, query_files: list[str], 
 
     planned = (grouped
                | "JoinByUser" >> beam.CoGroupByKey()
-               | "PlanQueries" >> beam.ParDo(PlanUser(settings)).with_outputs(DEAD, main="requests"))
+               | "PlanQueries" >> beam.ParDo(PlanUser(settings, merge)).with_outputs(DEAD, main="requests"))
     dead.append(planned.dead)
 
     predictions = (planned.requests
@@ -220,16 +234,19 @@ def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
     opts, options = parse(parser, argv, required=("queries", "output"), check=True)
-    if opts.mode == "commer" and not opts.profiles:
+    settings = settings_from(opts)
+    merge = merge_settings(opts, settings.fingerprint)
+    if opts.mode == "commer" and not opts.profiles and merge is None:
         raise CliError("--mode=commer needs --profiles (compress_users' --output folder); "
                        "or use --mode=none for unpersonalized answers")
     if opts.mode == "in_prompt" and not opts.documents:
         raise CliError("--mode=in_prompt needs --documents (the users' documents, as given to compress_users)")
     query_files = match(opts.queries, "--queries")
-    document_files = match(opts.documents, "--documents") if opts.mode == "in_prompt" else []
-    settings = settings_from(opts)
+    document_files = match(opts.documents, "--documents") if opts.documents and (opts.mode == "in_prompt" or merge) else []
     shards: list[str] = []
-    if settings.mode == "commer":
+    if merge is not None:
+        shards = compression_shards(opts, merge)
+    elif settings.mode == "commer":
         shards = parquet_shards(opts.profiles, "--profiles", "profiles")
         check_fingerprints(shards, settings.fingerprint, "--profiles", "Profile", PROFILE_COLUMNS)
     elif opts.profiles:
@@ -237,7 +254,7 @@ def main(argv: list[str]) -> int:
 
     output, run_id = opts.output.rstrip("/"), new_run_id()
     result, seconds = run_pipeline(options, build, opts, settings, query_files, document_files, shards,
-                                   run_id, progress_unit="queries answered")
+                                   run_id, merge, progress_unit="queries answered")
     phase("written")  # pipelines.output_state: switch --output's CURRENT (the commit), then the dead letters'
     publish(output, run_id, legacy=PREDICTION_SHARDS)
     publish(dead_letter_folder(opts), run_id, legacy=DEAD_LETTER_LEGACY)

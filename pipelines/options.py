@@ -58,6 +58,25 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                             "~/.cache/commer).")
 
 
+def add_merge_flags(parser: argparse.ArgumentParser) -> None:
+    """generate's query-time merge (issue 16): which of a user's stored compressions make a query's soft prompt."""
+    group = parser.add_argument_group("query-time merge (--mode=commer)")
+    group.add_argument("--merge", default="all", choices=["all", "retrieved"],
+                       help="all: the user's profile (the mean of every document); retrieved: per query, the mean "
+                            "of only the user's --top_m most relevant stored document compressions (same K soft "
+                            "tokens, same generation cost).")
+    group.add_argument("--top_m", type=int, default=None,
+                       help="--merge=retrieved: compressions merged per query; M at least a user's document count "
+                            "gives exactly their profile's mean.")
+    group.add_argument("--document_compressions", default=None,
+                       help="--merge=retrieved: compress_users' --document_compressions_output folder (CURRENT is "
+                            "followed), made with this --checkpoint (fingerprint checked).")
+    group.add_argument("--retrieval", default=None, choices=["bm25", "similarity"],
+                       help="--merge=retrieved ranking (default bm25): bm25 between the instruction and the documents' "
+                            "text (needs --documents, matched by user_id + doc_id); similarity: cosine between the "
+                            "instruction's compression and the stored ones (no text needed).")
+
+
 def add_dead_letter_flag(parser) -> None:
     """The one dead-letter flag of every job (--dead_letters is kept as a hidden alias)."""
     parser.add_argument(DEAD_LETTER_FLAG, dest="dead_letter_output", default=None,

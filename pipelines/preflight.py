@@ -27,8 +27,8 @@ from pipelines.runtime import CliError
 
 # Flags (job flags and Beam's) that may name remote paths.
 PATH_FLAGS = ("input", "output", "checkpoint", "backbone", "previous_profiles", "previous_document_compressions",
-              "document_compressions_output", "deletions", "dead_letter_output", "profiles", "queries",
-              "documents", "predictions", "references", "temp_location", "staging_location", "cache_dir")
+              "document_compressions_output", "document_compressions", "deletions", "dead_letter_output", "profiles",
+              "queries", "documents", "predictions", "references", "temp_location", "staging_location", "cache_dir")
 PROBE_SECONDS = 15.0
 AUTH_FIX = "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS)"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")

@@ -17,6 +17,10 @@ Rows
                          (seeded choice per example, never the same author): the personalization control
     ComMer concat 4      the 4 compressions concatenated, 4·K soft tokens (paper Figure 7)
     text n               documents as text in the prompt, frozen backbone, n = 1 4 8
+    ComMer retrieved top-M (bm25), similarity top-M, merge=all     (--retrieved_top_m; issue 16)
+                         query-time merge of the author's most relevant stored compressions, chosen
+                         among ALL the author's other articles as pipelines.generate --merge=retrieved
+                         chooses them (training/retrieved_rows.py)
     prompt tuning text n prompt tuning with documents as text, n = 1 4      (--prompt_tuning)
 Columns: prompt tokens, token-level perplexity, ROUGE-1/L (greedy decoding; rouge-score
 WITHOUT stemmer, LaMP's convention), seconds; paired bootstrap 95% intervals (examples
@@ -52,6 +56,7 @@ from commer.metrics import rouge
 from training.evaluate_task import score_examples
 from training.probes import news_documents, reconstruction_perplexity
 from training.prompt_tuning import PromptTuning
+from training.retrieved_rows import RULES, AuthorPools, RetrievedScorer, notes, plan_rows, pool_summary
 from training.tasks import DataError, Example
 from training.tasks import news
 
@@ -170,15 +175,18 @@ def _progress(label: str):
     return report
 
 
-def score_row(label: str, group: str, model, method: str, examples: list[Example], n: int, args) -> dict:
-    scored = score_examples(model, method, examples, n, args.batch_size, args.max_new_tokens,
-                            not args.no_generate, progress=_progress(label))
+def score_row(label: str, group: str, model, method: str, examples: list[Example], n: int, args,
+              score=score_examples) -> dict:
+    scored = score(model, method, examples, n, args.batch_size, args.max_new_tokens,
+                   not args.no_generate, progress=_progress(label))
     nll, tokens = np.asarray(scored["nll"], float), np.asarray(scored["tokens"], float)
     row = {"kind": "row", "group": group, "label": label, "method": method, "num_documents": n,
            "examples": len(examples), "mean_documents": float(np.mean(scored["documents"])),
            "mean_prompt_tokens": float(np.mean(scored["prompt_tokens"])),
            "perplexity": token_perplexity(nll, tokens), "seconds": scored["seconds"],
            "_nll": nll, "_tokens": tokens}
+    if scored.get("overlap"):  # query-time merge rows: share of the chosen documents own M also used
+        row["overlap_with_own"] = float(np.mean(scored["overlap"]))
     if not args.no_generate:
         scores = [rouge_pair(p, e.answer) for p, e in zip(scored["predictions"], examples)]
         for metric in ("rouge1", "rougeL"):
@@ -263,6 +271,7 @@ def write_table(path: Path, rows: list[dict], extras: dict, header: dict) -> str
         lines.append("| " + " | ".join(cells) + " |")
     for note in header["skipped"]:
         lines.append(f"\n_Skipped: {note}_")
+    lines += notes(rows, extras.get("retrieval"))
     ref = next((r for r in rows if r["label"] == REFERENCE), None)
     if ref and "own_other_perplexity_ratio" in ref:
         lo, hi = ref["own_other_perplexity_ratio_ci"]
@@ -329,6 +338,9 @@ def plot_all(folder: Path, rows: list[dict], extras: dict) -> list[str]:
         ns = [r["num_documents"] for r in own]
         for r in own:
             ax.errorbar(r["num_documents"], r["perplexity"], yerr=err(r), fmt="o", color="C0", capsize=3)
+        for j, r in enumerate(r for r in rows if r["method"] == "retrieved_bm25"):  # offset so the bars stay apart
+            ax.errorbar(r["num_documents"] * 1.06, r["perplexity"], yerr=err(r), fmt="s", color="C2", capsize=3,
+                        label=None if j else "retrieved top-M (bm25) among all the author's articles")
         fit = extras.get("fit")
         if fit:
             grid = np.geomspace(min(ns), max(ns), 100)
@@ -340,7 +352,8 @@ def plot_all(folder: Path, rows: list[dict], extras: dict) -> list[str]:
                 ax.plot(grid, pw["a"] * grid ** pw["b"] + pw["c"], ":", color="C3",
                         label=f"{pw['a']:.2f}·n^{pw['b']:.2f}+{pw['c']:.2f} (R²={pw['r2']:.2f})")
         for r, color in ((next((r for r in rows if r["label"] == "none"), None), "C7"),
-                         (next((r for r in rows if r["group"] == "other"), None), "C1")):
+                         (next((r for r in rows if r["group"] == "other"), None), "C1"),
+                         (next((r for r in rows if r["method"] == "merge_all"), None), "C4")):
             if r is not None:
                 ax.axhline(r["perplexity"], color=color, lw=1, label=f"{r['label']} ({r['perplexity']:.2f})")
         count_axis(ax, ns)
@@ -418,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concat_documents", type=int, default=4)
     p.add_argument("--text_documents", nargs="*", type=int, default=[1, 4, 8])
     p.add_argument("--prompt_tuning_documents", nargs="*", type=int, default=[1, 4])
+    p.add_argument("--retrieved_top_m", nargs="*", type=int, default=[],
+                   help="Query-time merge rows (issue 16): ComMer retrieved top-M (bm25) for each M, plus the "
+                        "similarity rows and ComMer merge=all; candidates = all of the author's other articles. "
+                        "Default: none (rows skipped).")
+    p.add_argument("--similarity_top_m", nargs="*", type=int, default=[4],
+                   help="With --retrieved_top_m: ComMer similarity top-M rows (instruction's compression vs stored).")
     p.add_argument("--max_examples", type=int, default=400)
     p.add_argument("--max_examples_per_user", type=int, default=None)
     p.add_argument("--probe_examples", type=int, default=64, help="Target documents of the reconstruction probe (0: skip).")
@@ -439,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> dict:
     if 4 not in args.documents:
         raise DataError("--documents must include 4: the reference row is ComMer with 4 own documents")
+    if not args.retrieved_top_m:
+        args.similarity_top_m = []  # the similarity rows come with the query-time merge rows
+    if any(m < 1 for m in args.retrieved_top_m + args.similarity_top_m):
+        raise DataError("--retrieved_top_m and --similarity_top_m take M >= 1")
+    # Not the query-time rows' M: they choose among all articles, and must not change the example set.
     largest = max(args.documents + args.text_documents + args.prompt_tuning_documents
                   + [args.other_documents, args.concat_documents])
     examples = news.load(args.data, "test", largest, seed=args.seed, max_examples=args.max_examples,
@@ -463,6 +487,9 @@ def run(args) -> dict:
     plan.append((f"ComMer other {args.other_documents}", "other", "commer", args.other_documents,
                  other_author_examples(examples, articles, args.other_documents, args.seed)))
     plan.append((f"ComMer concat {args.concat_documents}", "concat", "commer_concat", args.concat_documents, examples))
+    plan += plan_rows(args, examples)
+    if not args.retrieved_top_m:
+        skipped.append("query-time merge rows (no --retrieved_top_m given)")
     plan += [(f"text {n} (frozen)", "text", "text", n, examples) for n in args.text_documents]
     if args.prompt_tuning:
         plan += [(f"prompt tuning text {n}", "prompt_tuning_text", "prompt_tuning", n, examples)
@@ -476,6 +503,7 @@ def run(args) -> dict:
         "no_generate": args.no_generate, "max_new_tokens": args.max_new_tokens,
         "prompt_tuning": args.prompt_tuning, "prompt_tuning_nodocs": args.prompt_tuning_nodocs})
     pt_models: dict[str, PromptTuning] = {}
+    pools = AuthorPools(model, articles, args.batch_size)  # compresses an author's articles on first use
     rows = []
     for i, (label, group, method, n, exs) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {label}", file=sys.stderr, flush=True)
@@ -489,12 +517,15 @@ def run(args) -> dict:
             if path not in pt_models:
                 pt_models[path] = PromptTuning.from_pretrained(path, cache=args.cache_dir).to(args.device)
             scorer = pt_models[path]
-        rows.append(score_row(label, group, scorer, method, exs, n, args))
+        rows.append(score_row(label, group, scorer, method, exs, n, args,
+                              RetrievedScorer(pools) if method in RULES else score_examples))
         partial.put(rows[-1])
     reference = next(r for r in rows if r["label"] == REFERENCE)
     bootstrap(rows, reference, next(r for r in rows if r["group"] == "other"), args.resamples, args.seed)
 
     extras: dict = {}
+    if pools.compressed:
+        extras["retrieval"] = pool_summary(pools)
     own = [r for r in rows if r["group"] == "own"]
     if len(own) >= 2:
         extras["fit"] = {"n": [r["num_documents"] for r in own],
