@@ -154,7 +154,8 @@ def recency_profile(compressions: np.ndarray, dates: list[datetime.datetime], ha
 # ---- scoring -----------------------------------------------------------------------------
 
 @torch.inference_mode()
-def answer_nll(model: ComMer, soft_prompts: list, examples: list[Example], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def answer_nll(model: ComMer, soft_prompts: list, examples: list[Example],
+               batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL of each query's answer tokens and their count (for token-level perplexity)."""
     nll, tokens = [], []
     for start in range(0, len(examples), batch_size):
@@ -241,7 +242,8 @@ def write_table(path: Path, rows: list[dict], header: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", nargs="+", required=True, help="HuffPost JSONL file(s) with a `date`; rows are concatenated.")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="HuffPost JSONL file(s) with a `date`; rows are concatenated.")
     p.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled one).")
     p.add_argument("--half_lives", nargs="+", type=float, default=[30.0, 180.0, 720.0], help="Half-lives in days.")
     p.add_argument("--max_authors", type=int, default=40, help="Seeded sample of qualifying test authors.")
