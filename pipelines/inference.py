@@ -1,9 +1,14 @@
-"""The model inside Beam: one ComMer per worker process, tokenizing, length batching and the two
-RunInference handlers (compress: token ids → K×d compressions; generate: requests → predictions).
+"""The model inside Beam: one ComMer per worker process, tokenizing, token-budget batching and the
+two RunInference handlers (compress: token ids → K×d compressions; generate: requests → predictions).
+
+Device and precision are decided on the worker, not where the job is launched: a Dataflow
+launcher has no GPU while its workers do. `--device auto` is CUDA when the worker has it, and
+`--dtype auto` is bfloat16 on CUDA, float32 on CPU (commer.precision).
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from typing import Optional
 
@@ -18,6 +23,8 @@ from commer import ComMer
 from commer.backbone import resolve_backbone
 from commer.checkpoint import read_config
 from commer.model import tokenize_documents
+from commer.packing import cost, plan_batches
+from commer.precision import resolve_dtype
 from commer.prompting import fit_documents
 from pipelines import progress
 from pipelines.batching import batch_key
@@ -26,25 +33,47 @@ from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
 from schemas import Prediction
 from schemas.validation import ValidDocument
 
+log = logging.getLogger(__name__)
 # In-prompt prompts hold whole documents: the checkpoint's instruction limit (sized for
 # ComMer's short prompts) would cut them and make the baseline look cheaper than it is.
 IN_PROMPT_MAX_TOKENS = 2048
+# A length bucket is cut into batches a window at a time: up to this many batches' worth of
+# positions are sorted by length and planned together (bounded memory, near-equal neighbours).
 SORT_WINDOW_BATCHES = 64
+# Positions per batch (tokens + K per document, padding counted) when --max_batch_tokens is not
+# given, by the worker's device. CPU: 1,024 ≈ 19 documents of the sample's length, the work of the
+# 16-document batches used before; on 2 cores a larger batch does not raise the matmul rate, and a
+# budget of 1,728 measured 1.05–1.12× count batches (benchmarks/RESULTS.md §6). CUDA: 65,536 ≈ 1,200
+# HuffPost documents, the scale of the best count batch measured on an H100 (1,024 documents,
+# issue 12), with the padding that count batches wasted now bounded by the budget.
+DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 65536}
 
 _MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()
 _TOKENIZERS: dict[tuple, object] = {}
 
 
+def resolve_device(device: str) -> str:
+    """--device as this worker runs it: 'auto' is 'cuda' when the worker has a CUDA device, else 'cpu'."""
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None):
-    """The ComMer model for these settings, loaded once per process and shared by its threads."""
+    """The ComMer model for these settings, loaded once per process and shared by its threads.
+    'auto' device and dtype are resolved here, on the worker (see the module docstring)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     key = (checkpoint, backbone, dtype, device, cache)
     with _MODELS_LOCK:
         if key not in _MODELS:
             if device == "cuda" and not torch.cuda.is_available():
-                raise CliError("--device=cuda was given but this worker has no CUDA device; use --device=cpu")
+                raise CliError("--device=cuda was given but this worker has no CUDA device; use --device=cpu "
+                               "(or auto)")
             model = ComMer.from_pretrained(checkpoint, backbone=backbone, dtype=dtype, cache=cache)
             _MODELS[key] = model.to(device).eval()
+            log.info("model loaded on %s in %s", device, dtype)
         return _MODELS[key]
 
 
@@ -88,62 +117,107 @@ _PADDING_TOKENS = counter("padding_tokens")
 _INFERRED = counter("documents_inferred")
 
 
-def split_batches(element, batch_size: int, window_batches: int = SORT_WINDOW_BATCHES):
-    """A length bucket's documents → batches of batch_size with near-equal lengths.
+class Batching(BaseModel):
+    """How the compress step cuts a length bucket into model calls (travels with the pipeline)."""
 
-    A bucket still spans `length_bucket_tokens` lengths, so batches cut in arrival order pad
-    every row up to the longest in the batch. Sorting windows of `window_batches` batches by
-    length first makes neighbours nearly equal (padding ~1 token per row) while memory stays
-    bounded by one window: the grouped values are iterated lazily (on Dataflow they stream
-    from shuffle), so a large bucket never sits in memory at once.
+    K: int = Field(gt=0, description="Compression slots per document: a document costs its tokens + K positions.")
+    max_batch_tokens: Optional[int] = Field(None, gt=0, description="Positions per batch (padded batches count "
+                                            "rows × longest row; packed ones the sum). None: DEFAULT_BATCH_TOKENS "
+                                            "of the worker's device.")
+    packed: bool = Field(False, description="Each batch is one packed sequence (commer.packing): no padding.")
+    max_batch_documents: Optional[int] = Field(None, gt=0, description="At most this many documents per batch "
+                                               "(--batch_size); None: the token budget alone decides.")
+    device: str = Field("auto", description="--device: picks the default budget on the worker.")
 
-    A plain GroupByKey, not GroupIntoBatches: the latter's processing-time timer pushes the
-    DirectRunner onto its legacy engine.
+    @classmethod
+    def from_flags(cls, flags, K: int) -> "Batching":
+        return cls(K=K, max_batch_tokens=flags.max_batch_tokens, packed=flags.packed,
+                   max_batch_documents=flags.batch_size, device=flags.device)
+
+    def budget(self) -> int:
+        """The token budget this worker batches with."""
+        return self.max_batch_tokens or DEFAULT_BATCH_TOKENS[resolve_device(self.device)]
+
+
+def split_batches(element, batching: Batching, budget: int, window_batches: int = SORT_WINDOW_BATCHES):
+    """A length bucket's documents → batches of at most `budget` positions (commer.packing.plan_batches).
+
+    A bucket still spans `length_bucket_tokens` lengths, so batches cut in arrival order would pad
+    every row up to the longest in the batch. Planning windows of `window_batches` budgets sorted
+    by length makes neighbours nearly equal (padding ~1 token per row) while memory stays bounded
+    by one window: the grouped values are iterated lazily (on Dataflow they stream from shuffle),
+    so a large bucket never sits in memory at once. A document longer than the budget is a batch
+    of its own.
+
+    A plain GroupByKey upstream, not GroupIntoBatches: the latter's processing-time timer pushes
+    the DirectRunner onto its legacy engine.
     """
     _, docs = element
     window: list = []
+    positions = 0
     for doc in docs:
         window.append(doc)
-        if len(window) == batch_size * window_batches:
-            yield from _sorted_batches(window, batch_size)
-            window = []
-    yield from _sorted_batches(window, batch_size)
+        positions += cost(len(doc[2]), batching.K)
+        if positions >= budget * window_batches:
+            yield from _planned_batches(window, batching, budget)
+            window, positions = [], 0
+    yield from _planned_batches(window, batching, budget)
 
 
-def _sorted_batches(docs: list, batch_size: int):
-    docs.sort(key=lambda x: (len(x[2]), x[0], x[1]))
-    for start in range(0, len(docs), batch_size):
-        batch = docs[start: start + batch_size]
-        _PADDING_TOKENS.inc(len(batch) * len(batch[-1][2]) - sum(len(x[2]) for x in batch))
-        yield batch
+def _planned_batches(docs: list, batching: Batching, budget: int):
+    if not docs:
+        return
+    docs.sort(key=lambda x: (len(x[2]), x[0], x[1]))  # a total order: reruns form the same batches
+    cap = batching.max_batch_documents
+    for planned in plan_batches([len(x[2]) for x in docs], budget, batching.K, padded=not batching.packed):
+        for start in range(0, len(planned), cap or len(planned)):
+            batch = [docs[i] for i in planned[start: start + (cap or len(planned))]]
+            if not batching.packed:  # a packed batch has no padding
+                _PADDING_TOKENS.inc(len(batch) * max(len(x[2]) for x in batch) - sum(len(x[2]) for x in batch))
+            yield batch
+
+
+class SplitBatches(beam.DoFn):
+    """(bucket key, documents) → batches; the default budget is the worker's device's."""
+
+    def __init__(self, batching: Batching):
+        self.batching = batching
+
+    def setup(self):
+        self.budget = self.batching.budget()
+
+    def process(self, element):
+        yield from split_batches(element, self.batching, self.budget)
 
 
 class Compressor:
     """What the ModelHandler loads: the shared ComMer model behind a numpy-in, numpy-out call
     (so it also works through large_model's cross-process proxy)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, packed: bool = False):
+        self.model, self.packed = model, packed
 
     def compress(self, batch: list[list[int]]) -> np.ndarray:
+        step = self.model.compress_packed if self.packed else self.model.compress_token_ids
         with torch.inference_mode():
-            return self.model.compress_token_ids(batch).cpu().numpy()
+            return step(batch).cpu().numpy()
 
 
 class ComMerModelHandler(ModelHandler):
-    """RunInference handler: one element = one length-bucketed batch of (user_id, doc_id, token ids).
+    """RunInference handler: one element = one token-budget batch of (user_id, doc_id, token ids),
+    compressed padded or, with `packed`, as one packed sequence.
 
-    Batches are formed upstream by length, so RunInference must not re-batch them.
+    Batches are formed upstream by length and tokens, so RunInference must not re-batch them.
     """
 
     def __init__(self, checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None,
-                 large_model: bool = False):
+                 large_model: bool = False, packed: bool = False):
         super().__init__()
         self.args = (checkpoint, backbone, dtype, device, cache)
-        self.large_model = large_model
+        self.large_model, self.packed = large_model, packed
 
     def load_model(self) -> Compressor:
-        compressor = Compressor(shared_model(*self.args))
+        compressor = Compressor(shared_model(*self.args), self.packed)
         phase("model_loaded")
         return compressor
 
@@ -181,8 +255,8 @@ class GenerationSettings(BaseModel):
 
     checkpoint: str = Field(description="Checkpoint folder.")
     backbone: Optional[str] = Field(None, description="Backbone override.")
-    dtype: str = Field("float32", description="Backbone precision.")
-    device: str = Field("cpu", description="cpu or cuda.")
+    dtype: str = Field("auto", description="Backbone precision: float32, bfloat16 or auto (bf16 on CUDA).")
+    device: str = Field("auto", description="cpu, cuda or auto (CUDA when the worker has it).")
     cache_dir: Optional[str] = Field(None, description="Backbone cache folder.")
     fingerprint: str = Field(description="The checkpoint's fingerprint, written on every prediction.")
     mode: str = Field("commer", description="commer, in_prompt or none.")
