@@ -32,7 +32,8 @@ from apache_beam.ml.inference.base import RunInference
 from pydantic import BaseModel, Field
 
 from pipelines.combiners import AccumulatorFn, unchanged
-from pipelines.inference import Batching, ComMerModelHandler, SplitBatches, Tokenize, unbatch
+from pipelines.batching import Batching
+from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
 from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, check_unique_users,
                           explode_compressions, match, parquet_shards, read_records, write_dead_letters, write_tables)
 from pipelines.options import (add_batching_flags, add_dead_letter_flag, add_model_flags, check_batching,

@@ -23,11 +23,10 @@ from commer import ComMer
 from commer.backbone import resolve_backbone
 from commer.checkpoint import read_config
 from commer.model import tokenize_documents
-from commer.packing import cost, plan_batches
 from commer.precision import resolve_dtype
 from commer.prompting import fit_documents
 from pipelines import progress
-from pipelines.batching import batch_key
+from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
 from pipelines.output_state import phase
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
 from schemas import Prediction
@@ -37,16 +36,6 @@ log = logging.getLogger(__name__)
 # In-prompt prompts hold whole documents: the checkpoint's instruction limit (sized for
 # ComMer's short prompts) would cut them and make the baseline look cheaper than it is.
 IN_PROMPT_MAX_TOKENS = 2048
-# A length bucket is cut into batches a window at a time: up to this many batches' worth of
-# positions are sorted by length and planned together (bounded memory, near-equal neighbours).
-SORT_WINDOW_BATCHES = 64
-# Positions per batch (tokens + K per document, padding counted) when --max_batch_tokens is not
-# given, by the worker's device. CPU: 1,024 ≈ 19 documents of the sample's length, the work of the
-# 16-document batches used before; on 2 cores a larger batch does not raise the matmul rate, and a
-# budget of 1,728 measured 1.05–1.12× count batches (benchmarks/RESULTS.md §6). CUDA: 65,536 ≈ 1,200
-# HuffPost documents, the scale of the best count batch measured on an H100 (1,024 documents,
-# issue 12), with the padding that count batches wasted now bounded by the budget.
-DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 65536}
 
 _MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()
@@ -117,77 +106,20 @@ _PADDING_TOKENS = counter("padding_tokens")
 _INFERRED = counter("documents_inferred")
 
 
-class Batching(BaseModel):
-    """How the compress step cuts a length bucket into model calls (travels with the pipeline)."""
-
-    K: int = Field(gt=0, description="Compression slots per document: a document costs its tokens + K positions.")
-    max_batch_tokens: Optional[int] = Field(None, gt=0, description="Positions per batch (padded batches count "
-                                            "rows × longest row; packed ones the sum). None: DEFAULT_BATCH_TOKENS "
-                                            "of the worker's device.")
-    packed: bool = Field(False, description="Each batch is one packed sequence (commer.packing): no padding.")
-    max_batch_documents: Optional[int] = Field(None, gt=0, description="At most this many documents per batch "
-                                               "(--batch_size); None: the token budget alone decides.")
-    device: str = Field("auto", description="--device: picks the default budget on the worker.")
-
-    @classmethod
-    def from_flags(cls, flags, K: int) -> "Batching":
-        return cls(K=K, max_batch_tokens=flags.max_batch_tokens, packed=flags.packed,
-                   max_batch_documents=flags.batch_size, device=flags.device)
-
-    def budget(self) -> int:
-        """The token budget this worker batches with."""
-        return self.max_batch_tokens or DEFAULT_BATCH_TOKENS[resolve_device(self.device)]
-
-
-def split_batches(element, batching: Batching, budget: int, window_batches: int = SORT_WINDOW_BATCHES):
-    """A length bucket's documents → batches of at most `budget` positions (commer.packing.plan_batches).
-
-    A bucket still spans `length_bucket_tokens` lengths, so batches cut in arrival order would pad
-    every row up to the longest in the batch. Planning windows of `window_batches` budgets sorted
-    by length makes neighbours nearly equal (padding ~1 token per row) while memory stays bounded
-    by one window: the grouped values are iterated lazily (on Dataflow they stream from shuffle),
-    so a large bucket never sits in memory at once. A document longer than the budget is a batch
-    of its own.
-
-    A plain GroupByKey upstream, not GroupIntoBatches: the latter's processing-time timer pushes
-    the DirectRunner onto its legacy engine.
-    """
-    _, docs = element
-    window: list = []
-    positions = 0
-    for doc in docs:
-        window.append(doc)
-        positions += cost(len(doc[2]), batching.K)
-        if positions >= budget * window_batches:
-            yield from _planned_batches(window, batching, budget)
-            window, positions = [], 0
-    yield from _planned_batches(window, batching, budget)
-
-
-def _planned_batches(docs: list, batching: Batching, budget: int):
-    if not docs:
-        return
-    docs.sort(key=lambda x: (len(x[2]), x[0], x[1]))  # a total order: reruns form the same batches
-    cap = batching.max_batch_documents
-    for planned in plan_batches([len(x[2]) for x in docs], budget, batching.K, padded=not batching.packed):
-        for start in range(0, len(planned), cap or len(planned)):
-            batch = [docs[i] for i in planned[start: start + (cap or len(planned))]]
-            if not batching.packed:  # a packed batch has no padding
-                _PADDING_TOKENS.inc(len(batch) * max(len(x[2]) for x in batch) - sum(len(x[2]) for x in batch))
-            yield batch
-
-
 class SplitBatches(beam.DoFn):
-    """(bucket key, documents) → batches; the default budget is the worker's device's."""
+    """(bucket key, documents) → token-budget batches (pipelines.batching.split_batches); the default
+    budget is the device's of the worker this runs on."""
 
     def __init__(self, batching: Batching):
         self.batching = batching
 
     def setup(self):
-        self.budget = self.batching.budget()
+        self.budget = self.batching.budget(resolve_device(self.batching.device))
 
     def process(self, element):
-        yield from split_batches(element, self.batching, self.budget)
+        for batch in split_batches(element, self.batching, self.budget):
+            _PADDING_TOKENS.inc(padding_tokens(batch, self.batching.packed))
+            yield batch
 
 
 class Compressor:

@@ -12,7 +12,8 @@ import pytest
 
 from commer import ComMer, ComMerConfig
 from pipelines.compress_users import main, run
-from pipelines.inference import Batching, load_tokenizer, split_batches, tokenize
+from pipelines.batching import Batching, split_batches
+from pipelines.inference import load_tokenizer, tokenize
 from pipelines.io import parquet_shards
 from pipelines.runtime import CliError
 from schemas import DocumentCompression, Profile, from_table, read_metadata, read_parquet

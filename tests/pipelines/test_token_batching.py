@@ -10,7 +10,8 @@ import torch
 from commer import ComMer
 from commer.packing import cost
 from pipelines.compress_users import SAMPLE_INPUT, main, run
-from pipelines.inference import DEFAULT_BATCH_TOKENS, Batching, resolve_device, shared_model, split_batches
+from pipelines.batching import DEFAULT_BATCH_TOKENS, Batching, split_batches
+from pipelines.inference import resolve_device, shared_model
 from pipelines.io import match
 from pipelines.runtime import run_cli
 from schemas import DocumentCompression, Profile, from_table, read_parquet
@@ -51,9 +52,9 @@ def test_reruns_form_the_same_batches_whatever_the_arrival_order():
 
 def test_the_default_budget_is_the_workers_devices():
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert Batching(K=K, device="cpu").budget() == DEFAULT_BATCH_TOKENS["cpu"] == 1024
-    assert Batching(K=K, device="cuda").budget() == DEFAULT_BATCH_TOKENS["cuda"]
-    assert Batching(K=K, device="cuda", max_batch_tokens=77).budget() == 77  # a flag always wins
+    assert Batching(K=K).budget("cpu") == DEFAULT_BATCH_TOKENS["cpu"] == 1024
+    assert Batching(K=K).budget("cuda") == DEFAULT_BATCH_TOKENS["cuda"]
+    assert Batching(K=K, max_batch_tokens=77).budget("cuda") == 77  # a flag always wins
 
 
 def test_auto_device_and_dtype_resolve_on_the_worker(tiny_checkpoint, commer_cache):
