@@ -33,6 +33,7 @@ from schemas import Prediction
 from schemas.validation import ValidDocument
 
 log = logging.getLogger(__name__)
+
 # In-prompt prompts hold whole documents: the checkpoint's instruction limit (sized for
 # ComMer's short prompts) would cut them and make the baseline look cheaper than it is.
 IN_PROMPT_MAX_TOKENS = 2048
