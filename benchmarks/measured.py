@@ -2,14 +2,23 @@
 
     python -m benchmarks.measured pipelines.compress_users --input ... --output ...
 
-The last stderr line is `MEASURED {"wall_s": ..., "peak_rss_mb": ..., "exit": ...}`; peak
-RSS covers this process and any worker processes it waited for.
+The last stderr line is `MEASURED {"wall_s": ..., "peak_rss_mb": ..., "peak_gpu_mib": ..., "exit": ...}`;
+peak RSS covers this process and any worker processes it waited for; peak GPU memory (0 when
+CUDA was not used) only this process (the in-process runner's model lives here).
 """
 import json
 import resource
 import runpy
 import sys
 import time
+
+
+def peak_gpu_mib() -> float:
+    """Peak CUDA memory the module allocated in this process (torch only looked up, never imported here)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return 0.0
+    return torch.cuda.max_memory_allocated() / 2 ** 20
 
 
 def main() -> None:
@@ -22,7 +31,8 @@ def main() -> None:
     wall = time.perf_counter() - start
     peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    print("MEASURED " + json.dumps({"wall_s": wall, "peak_rss_mb": peak_kb / 1024, "exit": code}),
+    print("MEASURED " + json.dumps({"wall_s": wall, "peak_rss_mb": peak_kb / 1024, "peak_gpu_mib": peak_gpu_mib(),
+                                    "exit": code}),
           file=sys.stderr, flush=True)
     sys.exit(code)
 

@@ -1,13 +1,27 @@
-"""The main job's compression throughput against the raw backbone forward (issue 6, item 1).
+"""The main job's compression throughput against the bare compress loop and the raw backbone
+forward over the same documents, per batching mode, in one run (issues 6 and 12).
 
-Runs `pipelines.compress_users` (DirectRunner, default checkpoint) in a child process over
-N HuffPost documents (user = author), and a one-document run of the same job to measure the
-fixed start-up (imports, model load, pipeline construction). The job's throughput is
-N / (wall − start-up). The reference is the raw backbone decoder in this process over the
-same documents, length-sorted, in batches of the same size, with and without the K extra
-positions a compression needs.
+For each batching mode (`--modes`, comma separated):
+    count:N    N documents per batch, length-sorted (the batching before issue 12)
+    tokens:N   token-budget batches of up to N positions, padding counted (the job's default mode)
+    packed:N   packed batches: each batch one sequence of up to N positions, no padding
+it times the bare compress loop (ComMer.compress_token_ids / compress_packed in this process,
+batches planned over all documents) and `pipelines.compress_users` on the same documents (a child
+process, in-process FnApiRunner, the mode's flags). The job's time is its wall time minus the
+fixed start-up (imports, model load, pipeline construction), measured by a one-document run of
+the same job. The reference is the raw backbone decoder over the documents + K positions in
+length-sorted count batches (the work a compression cannot avoid), measured before and after
+the modes (the better reading is kept). With `--rounds R` every mode runs R times, in a
+rotated order, and keeps its best loop and job time: on a shared machine, load drift then
+favours no mode.
 
-    python -m benchmarks.pipeline_throughput [--data PATH] [--documents 2000] [--batch_size 16]
+Reports docs/s, document tokens/s, ratios (÷ the reference; job ÷ bare loop of the same mode),
+padding efficiency, FLOP utilisation (2 × non-embedding parameters × positions ÷ time ÷ a
+matmul rate measured in this run) and on CUDA the peak GPU memory of the loop and of the job.
+
+    python -m benchmarks.pipeline_throughput [--data PATH] [--documents 2000]
+        [--modes count:16,tokens:1024,packed:512] [--rounds 1] [--device auto] [--dtype auto]
+    # GPU: --device cuda --documents 8192 --modes count:1024,tokens:65536,packed:16384
 """
 from __future__ import annotations
 
@@ -19,14 +33,45 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import DEFAULT_NEWS, matmul_flops_per_second, news_documents, print_table, run_measured, write_jsonl
-from benchmarks.compression_forward import length_sorted_batches, non_embedding_parameters, raw_forward_seconds
+from benchmarks.compression_forward import (compress_seconds, length_sorted_batches, non_embedding_parameters,
+                                            peak_memory_mib, peak_memory_reset, raw_forward_seconds)
 from commer import ComMer
 from commer.defaults import default_checkpoint
+from commer.packing import padding_efficiency, plan_batches
+from commer.precision import resolve_dtype
+
+# A budget no batch reaches: with --batch_size N the job then cuts count batches, as before issue 12.
+UNLIMITED_TOKENS = 10 ** 9
 
 
-def run_job(input_path: str, output: str, extra: list[str]) -> tuple[dict, dict]:
-    measured = run_measured("pipelines.compress_users", ["--input", input_path, "--output", output,
-                                                         "--runner", "DirectRunner", *extra])
+def parse_modes(text: str) -> list[tuple[str, int]]:
+    modes = []
+    for item in filter(None, text.split(",")):
+        kind, _, n = item.partition(":")
+        if kind not in ("count", "tokens", "packed") or not n.isdigit() or int(n) <= 0:
+            raise SystemExit(f"--modes: {item!r} is not count:N, tokens:N or packed:N")
+        modes.append((kind, int(n)))
+    return modes
+
+
+def job_flags(kind: str, n: int) -> list[str]:
+    """compress_users flags that batch as this mode does."""
+    if kind == "count":
+        return ["--batch_size", str(n), "--max_batch_tokens", str(UNLIMITED_TOKENS)]
+    return ["--max_batch_tokens", str(n)] + (["--packed"] if kind == "packed" else [])
+
+
+def loop_batches(kind: str, n: int, lengths: list[int], K: int) -> list[list[int]]:
+    """The bare loop's batches for a mode: count batches as ComMer.compress cuts them, else plan_batches."""
+    if kind == "count":
+        return length_sorted_batches([[0] * length for length in lengths], n)
+    return plan_batches(lengths, n, K, padded=kind == "tokens")
+
+
+def run_job(input_path: str, output: str, flags: list[str]) -> tuple[dict, dict]:
+    # No --runner: the job's default, the in-process FnApiRunner (DirectRunner would first try to
+    # download Prism).
+    measured = run_measured("pipelines.compress_users", ["--input", input_path, "--output", output, *flags])
     summary = json.loads((Path(output) / "run_summary.json").read_text())
     return measured, summary
 
@@ -34,48 +79,85 @@ def run_job(input_path: str, output: str, extra: list[str]) -> tuple[dict, dict]
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_NEWS, help="HuffPost news JSONL (see ../shared/data/README.md).")
+    parser.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled one).")
     parser.add_argument("--documents", type=int, default=2000)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--job_args", default="", help="Extra flags for the job, space separated.")
+    parser.add_argument("--modes", default="count:16,tokens:1024,packed:512",
+                        help="Comma list of count:N, tokens:N, packed:N (see above).")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="Shorthand for --modes count:N (the reference's batch size is the first count mode's).")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Rounds over all modes (rotated order); each mode keeps its best loop and job time.")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="auto: bfloat16 on CUDA, float32 elsewhere (as the job).")
     args = parser.parse_args(argv)
-
+    modes = parse_modes(f"count:{args.batch_size}" if args.batch_size else args.modes)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    dtype = resolve_dtype(args.dtype, device)
+    common = ["--device", device.type, "--dtype", dtype] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
 
     docs = news_documents(args.data, args.documents)
-    extra = ["--batch_size", str(args.batch_size), *args.job_args.split()]
+    model = ComMer.from_pretrained(args.checkpoint or default_checkpoint(), dtype=dtype).to(device)
+    ids, _ = model.tokenize_documents([d["text"] for d in docs])
+    lengths, K = list(map(len, ids)), model.K
+    n, tokens = len(docs), sum(lengths)
+    reference_batches = length_sorted_batches(ids, next((m for k, m in modes if k == "count"), 16))
+    raw_forward_seconds(model, ids, reference_batches[:2], K)  # warm-up
+    reference = raw_forward_seconds(model, ids, reference_batches, K)
+    matmul_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
+    rate = matmul_flops_per_second(matmul_dtype, device=device.type)
+
+    # Per mode: the best loop and job time over the rounds; each round runs the modes in a rotated
+    # order, so a neighbour's burst on the shared machine does not fall on the same mode every time.
+    loop_best, job_best, runs, startups = {}, {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = write_jsonl(docs, f"{tmp}/docs.jsonl")
-        one = write_jsonl(docs[:1], f"{tmp}/one.jsonl")
-        startup, _ = run_job(one, f"{tmp}/out-one", extra)
-        job, summary = run_job(corpus, f"{tmp}/out", extra)
-
-    model = ComMer.from_pretrained(default_checkpoint())
-    ids, _ = model.tokenize_documents([d["text"] for d in docs])
-    batches = length_sorted_batches(ids, args.batch_size)
-    raw_forward_seconds(model, ids, batches[:2], model.K)  # warm-up
-    raw_docs = raw_forward_seconds(model, ids, batches, 0)
-    raw_k = raw_forward_seconds(model, ids, batches, model.K)
-    rate = matmul_flops_per_second()
+        for r in range(args.rounds):
+            startups.append(run_job(write_jsonl(docs[:1], f"{tmp}/one.jsonl"), f"{tmp}/one-{r}", common)[0]["wall_s"])
+            for kind, size in modes[r % len(modes):] + modes[: r % len(modes)]:
+                packed = kind == "packed"
+                batches = loop_batches(kind, size, lengths, K)
+                compress_seconds(model, ids, batches[:1], packed=packed)  # warm-up (new shapes)
+                peak_memory_reset(device)
+                loop, _ = compress_seconds(model, ids, batches, packed=packed)
+                loop_memory = peak_memory_mib(device)
+                job, summary = run_job(corpus, f"{tmp}/out-{kind}-{size}-{r}", common + job_flags(kind, size))
+                mode = (kind, size)
+                loop_best[mode] = min(loop_best.get(mode, float("inf")), loop)
+                job_best[mode] = min(job_best.get(mode, float("inf")), job["wall_s"])
+                runs[mode] = (batches, loop_memory, job, summary)
+    startup = min(startups)
+    measured = []  # what, batching, documents, document tokens, seconds, job ÷ loop, padding eff., GPU MiB
+    for kind, size in modes:
+        batches, loop_memory, job, summary = runs[(kind, size)]
+        loop, job_seconds = loop_best[(kind, size)], job_best[(kind, size)] - startup
+        job_n = summary["documents_compressed"]
+        measured.append(["bare compress loop", f"{kind} {size}", n, tokens, loop, "",
+                         padding_efficiency(lengths, batches, K, kind == "packed"), loop_memory])
+        measured.append(["compress_users (FnApiRunner, minus start-up)", f"{kind} {size}", job_n,
+                         summary["counters"]["tokens"], job_seconds, (job_n / job_seconds) / (n / loop),
+                         summary["padding_efficiency"], job.get("peak_gpu_mib", 0.0)])
+    # The better of two readings of each ceiling (before and after the modes), so the machine's drift
+    # during the run favours no mode.
+    reference = min(reference, raw_forward_seconds(model, ids, reference_batches, K))
+    rate = max(rate, matmul_flops_per_second(matmul_dtype, device=device.type))
     params = non_embedding_parameters(model)
-
-    n, tokens = len(docs), sum(map(len, ids))
-    job_seconds = job["wall_s"] - startup["wall_s"]
-    processed = summary.get("processed_positions")
-    padding = (tokens + model.K * n) / processed if processed else float("nan")
-    positions = tokens + model.K * n
-    rows = [
-        # what, seconds, positions it processes, padding efficiency
-        ["raw forward, documents (sorted)", raw_docs, tokens, ""],
-        ["raw forward, documents + K (sorted)", raw_k, positions, ""],
-        ["compress_users (DirectRunner, minus start-up)", job_seconds, positions, padding],
-    ]
-    print(f"\n{n} documents, {tokens / n:.1f} tokens/document, K={model.K}, batch {args.batch_size}, "
-          f"threads={torch.get_num_threads()}, matmul {rate / 1e9:.0f} GFLOP/s; job wall {job['wall_s']:.1f} s, "
-          f"start-up {startup['wall_s']:.1f} s; job's own figure {summary.get('documents_per_second')} docs/s")
-    table = print_table(
-        ["what", "docs/s", "doc tokens/s", "job throughput ÷ this", "padding eff.", "FLOP util."],
-        [[name, n / sec, tokens / sec, sec / job_seconds, pad, 2 * params * work / sec / rate]
-         for name, sec, work, pad in rows])
-    return table
+    measured.insert(0, ["raw forward, documents + K (reference)", f"count {len(reference_batches[0])}", n, tokens,
+                        reference, "", padding_efficiency(lengths, reference_batches, K, False), ""])
+    rows = [[what, batching, docs_n / sec, doc_tokens / sec, (docs_n / sec) / (n / reference), vs_loop, padding,
+             2 * params * (doc_tokens + K * docs_n) / sec / rate, memory]
+            for what, batching, docs_n, doc_tokens, sec, vs_loop, padding, memory in measured]
+    print(f"\n{n} documents, {tokens / n:.1f} tokens/document (min {min(lengths)}, max {max(lengths)}), K={K}, "
+          f"{dtype} on {device}, threads={torch.get_num_threads()}, matmul {rate / 1e9:.0f} GFLOP/s; job start-up "
+          f"{startup:.1f} s (subtracted), best of {args.rounds} round(s)")
+    headers = ["what", "batching", "docs/s", "doc tokens/s", "÷ reference docs/s", "job ÷ bare loop", "padding eff.",
+               "FLOP util."]
+    if device.type == "cuda":
+        headers.append("peak GPU MiB")
+    else:
+        rows = [row[:-1] for row in rows]
+    return print_table(headers, rows)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,32 @@
-"""Length bucketing: documents of similar token length share a batch, so padding stays small.
+"""Length bucketing and token-budget batches: documents of similar token length share a batch, so
+padding stays small, and a batch holds up to N positions, not N documents.
 
 Compression pads every row to the longest document in its batch, so a batch mixing a
 10-token and a 250-token document wastes ~96% of the first row. Keying documents by
 (length bucket, shard) before batching bounds the padding per row by the bucket width,
-and the shard spreads each bucket over several workers. Plain Python, no Beam.
+and the shard spreads each bucket over several workers. Within a bucket, batches are planned
+by commer.packing.plan_batches: a document costs its tokens + K positions, a padded batch
+rows × its longest row, a packed one the sum. Plain Python, no Beam.
 """
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from typing import Optional, Sequence
+
+from pydantic import BaseModel, Field
+
+from commer.packing import cost, plan_batches
+
+# A length bucket is cut into batches a window at a time: up to this many batches' worth of
+# positions are sorted by length and planned together (bounded memory, near-equal neighbours).
+SORT_WINDOW_BATCHES = 64
+# Positions per batch (tokens + K per document, padding counted) when --max_batch_tokens is not
+# given, by the worker's device. CPU: 1,024 ≈ 19 documents of the sample's length, the work of the
+# 16-document batches used before; on 2 cores a larger batch does not raise the matmul rate, and a
+# budget of 1,728 measured 1.05–1.12× count batches (benchmarks/RESULTS.md §6). CUDA: 65,536 ≈ 1,200
+# HuffPost documents, the scale of the best count batch measured on an H100 (1,024 documents,
+# issue 12), with the padding that count batches wasted now bounded by the budget.
+DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 65536}
 
 
 def length_bucket(num_tokens: int, width: int) -> int:
@@ -31,3 +49,68 @@ def padding_fraction(batch: Sequence[Sequence[int]]) -> float:
         return 0.0
     width = max(len(x) for x in batch)
     return 1.0 - sum(len(x) for x in batch) / (width * len(batch)) if width else 0.0
+
+
+class Batching(BaseModel):
+    """How the compress step cuts a length bucket into model calls (travels with the pipeline)."""
+
+    K: int = Field(gt=0, description="Compression slots per document: a document costs its tokens + K positions.")
+    max_batch_tokens: Optional[int] = Field(None, gt=0, description="Positions per batch (padded batches count "
+                                            "rows × longest row; packed ones the sum). None: DEFAULT_BATCH_TOKENS "
+                                            "of the worker's device.")
+    packed: bool = Field(False, description="Each batch is one packed sequence (commer.packing): no padding.")
+    max_batch_documents: Optional[int] = Field(None, gt=0, description="At most this many documents per batch "
+                                               "(--batch_size); None: the token budget alone decides.")
+    device: str = Field("auto", description="--device: picks the default budget on the worker.")
+
+    @classmethod
+    def from_flags(cls, flags, K: int) -> "Batching":
+        """From compress_users' flags (pipelines.options.add_batching_flags)."""
+        return cls(K=K, max_batch_tokens=flags.max_batch_tokens, packed=flags.packed,
+                   max_batch_documents=flags.batch_size, device=flags.device)
+
+    def budget(self, device: str) -> int:
+        """The token budget a worker whose model runs on `device` ('cpu' or 'cuda') batches with."""
+        return self.max_batch_tokens or DEFAULT_BATCH_TOKENS[device]
+
+
+def split_batches(element, batching: Batching, budget: int, window_batches: int = SORT_WINDOW_BATCHES):
+    """A length bucket's documents → batches of at most `budget` positions (commer.packing.plan_batches).
+
+    A bucket still spans `length_bucket_tokens` lengths, so batches cut in arrival order would pad
+    every row up to the longest in the batch. Planning windows of `window_batches` budgets sorted
+    by length makes neighbours nearly equal (padding ~1 token per row) while memory stays bounded
+    by one window: the grouped values are iterated lazily (on Dataflow they stream from shuffle),
+    so a large bucket never sits in memory at once. A document longer than the budget is a batch
+    of its own.
+
+    A plain GroupByKey upstream, not GroupIntoBatches: the latter's processing-time timer pushes
+    the DirectRunner onto its legacy engine.
+    """
+    _, docs = element
+    window: list = []
+    positions = 0
+    for doc in docs:
+        window.append(doc)
+        positions += cost(len(doc[2]), batching.K)
+        if positions >= budget * window_batches:
+            yield from _planned_batches(window, batching, budget)
+            window, positions = [], 0
+    yield from _planned_batches(window, batching, budget)
+
+
+def _planned_batches(docs: list, batching: Batching, budget: int):
+    if not docs:
+        return
+    docs.sort(key=lambda x: (len(x[2]), x[0], x[1]))  # a total order: reruns form the same batches
+    cap = batching.max_batch_documents
+    for planned in plan_batches([len(x[2]) for x in docs], budget, batching.K, padded=not batching.packed):
+        for start in range(0, len(planned), cap or len(planned)):
+            yield [docs[i] for i in planned[start: start + (cap or len(planned))]]
+
+
+def padding_tokens(batch, packed: bool) -> int:
+    """Padding tokens a batch of (user_id, doc_id, token ids) costs the model: none when packed."""
+    if packed:
+        return 0
+    return len(batch) * max(len(x[2]) for x in batch) - sum(len(x[2]) for x in batch)

@@ -10,7 +10,7 @@ Pipeline (labels as in the Beam graph):
         ▼
     Reconcile (pipelines.reconcile.decide; dates new documents) ─► duplicates (dead letters), already-merged,
         ▼                                                                removals, carried
-    Tokenize ─► GroupByLength (bucketed batches) ─► Compress (RunInference, ComMer handler)
+    Tokenize ─► GroupByLength ─► SplitBatches (token budget) ─► Compress (RunInference, padded or packed)
         ▼
     MergeProfiles (CombinePerKey over user_id, profile_state.Update → ProfileState) ─► Finalize ─► WriteProfiles
     (--half_life_days and --deletions: users whose deletions cancelled most weight ─► RebuildProfiles)
@@ -33,13 +33,14 @@ from apache_beam.ml.inference.base import RunInference
 from pydantic import BaseModel, Field
 
 from pipelines.combiners import AccumulatorFn, unchanged
+from pipelines.batching import Batching
 from pipelines.half_life import check_half_life
-from pipelines.inference import ComMerModelHandler, Tokenize, split_batches, unbatch
+from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
 from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints,
                           check_unique_users, explode_compressions, match, parquet_shards, read_records,
                           write_dead_letters, write_tables)
-from pipelines.options import (add_dead_letter_flag, add_model_flags, add_recency_flag, dead_letter_folder, job_parser,
-                               parse, wants_help)
+from pipelines.options import (add_batching_flags, add_dead_letter_flag, add_model_flags, add_recency_flag,
+                               check_batching, dead_letter_folder, job_parser, parse, wants_help)
 from pipelines.output_state import phase, publish, publish_profiles, run_folder
 from pipelines.profile_state import Change, ProfileState, Update, apply_update
 from pipelines.profile_steps import CARRY, DATE_COUNTERS, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
@@ -84,12 +85,7 @@ parser.add_argument("--deletions", default=None, help="File glob (JSONL or Parqu
                     "from the previous profiles; needs --previous_profiles and --previous_document_compressions. A "
                     "new document with a deleted id in the same run replaces the old one. A user left with no "
                     "documents is dropped from the profiles.")
-parser.add_argument("--batch_size", type=int, default=16, help="Documents per compression batch (raise it on a GPU).")
-parser.add_argument("--length_bucket_tokens", type=int, default=32, help="Documents are batched with others whose "
-                    "token count falls in the same bucket of this width, so padding per document is below this many "
-                    "tokens.")
-parser.add_argument("--batch_shards", type=int, default=8, help="Parallel batch streams per length bucket (more = "
-                    "more parallelism, more partially-filled batches).")
+add_batching_flags(parser)
 parser.add_argument("--large_model", action="store_true", help="Load the model once per worker VM and share it "
                     "across SDK processes (RunInference large_model mode): use on GPU workers.")
 parser.add_argument("--max_record_bytes", type=int, default=DEFAULT_MAX_RECORD_BYTES, help="Input records larger "
@@ -127,7 +123,8 @@ class JobPlan(BaseModel):
 
 
 def make_plan(options: argparse.Namespace) -> JobPlan:
-    for flag in ("batch_size", "length_bucket_tokens", "batch_shards", "max_record_bytes", "profiles_per_table"):
+    check_batching(options)
+    for flag in ("max_record_bytes", "profiles_per_table"):
         if getattr(options, flag) <= 0:
             raise CliError(f"--{flag} must be positive")
     checkpoint, config = checkpoint_config(options)
@@ -211,13 +208,13 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan) -> None:
     states.append(reconciled[REMOVE])
 
     handler = ComMerModelHandler(plan.checkpoint, options.backbone, options.dtype, options.device,
-                                 options.cache_dir, large_model=options.large_model)
+                                 options.cache_dir, large_model=options.large_model, packed=options.packed)
     compressed = (reconciled.to_compress
                   | "Tokenize" >> beam.ParDo(Tokenize(plan.checkpoint, options.backbone, options.cache_dir,
                                                       plan.max_document_tokens, options.length_bucket_tokens,
                                                       options.batch_shards))
                   | "GroupByLength" >> beam.GroupByKey()
-                  | "SplitBatches" >> beam.FlatMap(split_batches, options.batch_size)
+                  | "SplitBatches" >> beam.ParDo(SplitBatches(Batching.from_flags(options, plan.K)))
                   | "Compress" >> RunInference(handler)
                   | "Unbatch" >> beam.FlatMap(unbatch))
     can_rebuild = plan.half_life_days is not None and bool(plan.deletion_files)

@@ -1,9 +1,14 @@
-"""The model inside Beam: one ComMer per worker process, tokenizing, length batching and the two
-RunInference handlers (compress: token ids → K×d compressions; generate: requests → predictions).
+"""The model inside Beam: one ComMer per worker process, tokenizing, token-budget batching and the
+two RunInference handlers (compress: token ids → K×d compressions; generate: requests → predictions).
+
+Device and precision are decided on the worker, not where the job is launched: a Dataflow
+launcher has no GPU while its workers do. `--device auto` is CUDA when the worker has it, and
+`--dtype auto` is bfloat16 on CUDA, float32 on CPU (commer.precision).
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from typing import Optional
 
@@ -18,33 +23,47 @@ from commer import ComMer
 from commer.backbone import resolve_backbone
 from commer.checkpoint import read_config
 from commer.model import tokenize_documents
+from commer.precision import resolve_dtype
 from commer.prompting import fit_documents
 from pipelines import progress
-from pipelines.batching import batch_key
+from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
 from pipelines.output_state import phase
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
 from schemas import Prediction
 from schemas.validation import ValidDocument
 
+log = logging.getLogger(__name__)
+
 # In-prompt prompts hold whole documents: the checkpoint's instruction limit (sized for
 # ComMer's short prompts) would cut them and make the baseline look cheaper than it is.
 IN_PROMPT_MAX_TOKENS = 2048
-SORT_WINDOW_BATCHES = 64
 
 _MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()
 _TOKENIZERS: dict[tuple, object] = {}
 
 
+def resolve_device(device: str) -> str:
+    """--device as this worker runs it: 'auto' is 'cuda' when the worker has a CUDA device, else 'cpu'."""
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None):
-    """The ComMer model for these settings, loaded once per process and shared by its threads."""
+    """The ComMer model for these settings, loaded once per process and shared by its threads.
+    'auto' device and dtype are resolved here, on the worker (see the module docstring)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     key = (checkpoint, backbone, dtype, device, cache)
     with _MODELS_LOCK:
         if key not in _MODELS:
             if device == "cuda" and not torch.cuda.is_available():
-                raise CliError("--device=cuda was given but this worker has no CUDA device; use --device=cpu")
+                raise CliError("--device=cuda was given but this worker has no CUDA device; use --device=cpu "
+                               "(or auto)")
             model = ComMer.from_pretrained(checkpoint, backbone=backbone, dtype=dtype, cache=cache)
             _MODELS[key] = model.to(device).eval()
+            log.info("model loaded on %s in %s", device, dtype)
         return _MODELS[key]
 
 
@@ -89,62 +108,50 @@ _PADDING_TOKENS = counter("padding_tokens")
 _INFERRED = counter("documents_inferred")
 
 
-def split_batches(element, batch_size: int, window_batches: int = SORT_WINDOW_BATCHES):
-    """A length bucket's documents → batches of batch_size with near-equal lengths.
+class SplitBatches(beam.DoFn):
+    """(bucket key, documents) → token-budget batches (pipelines.batching.split_batches); the default
+    budget is the device's of the worker this runs on."""
 
-    A bucket still spans `length_bucket_tokens` lengths, so batches cut in arrival order pad
-    every row up to the longest in the batch. Sorting windows of `window_batches` batches by
-    length first makes neighbours nearly equal (padding ~1 token per row) while memory stays
-    bounded by one window: the grouped values are iterated lazily (on Dataflow they stream
-    from shuffle), so a large bucket never sits in memory at once.
+    def __init__(self, batching: Batching):
+        self.batching = batching
 
-    A plain GroupByKey, not GroupIntoBatches: the latter's processing-time timer pushes the
-    DirectRunner onto its legacy engine.
-    """
-    _, docs = element
-    window: list = []
-    for doc in docs:
-        window.append(doc)
-        if len(window) == batch_size * window_batches:
-            yield from _sorted_batches(window, batch_size)
-            window = []
-    yield from _sorted_batches(window, batch_size)
+    def setup(self):
+        self.budget = self.batching.budget(resolve_device(self.batching.device))
 
-
-def _sorted_batches(docs: list, batch_size: int):
-    docs.sort(key=lambda x: (len(x[2]), x[0], x[1]))
-    for start in range(0, len(docs), batch_size):
-        batch = docs[start: start + batch_size]
-        _PADDING_TOKENS.inc(len(batch) * len(batch[-1][2]) - sum(len(x[2]) for x in batch))
-        yield batch
+    def process(self, element):
+        for batch in split_batches(element, self.batching, self.budget):
+            _PADDING_TOKENS.inc(padding_tokens(batch, self.batching.packed))
+            yield batch
 
 
 class Compressor:
     """What the ModelHandler loads: the shared ComMer model behind a numpy-in, numpy-out call
     (so it also works through large_model's cross-process proxy)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, packed: bool = False):
+        self.model, self.packed = model, packed
 
     def compress(self, batch: list[list[int]]) -> np.ndarray:
+        step = self.model.compress_packed if self.packed else self.model.compress_token_ids
         with torch.inference_mode():
-            return self.model.compress_token_ids(batch).cpu().numpy()
+            return step(batch).cpu().numpy()
 
 
 class ComMerModelHandler(ModelHandler):
-    """RunInference handler: one element = one length-bucketed batch of (user_id, doc_id, token ids, created_at).
+    """RunInference handler: one element = one token-budget batch of (user_id, doc_id, token ids, created_at),
+    compressed padded or, with `packed`, as one packed sequence.
 
-    Batches are formed upstream by length, so RunInference must not re-batch them.
+    Batches are formed upstream by length and tokens, so RunInference must not re-batch them.
     """
 
     def __init__(self, checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None,
-                 large_model: bool = False):
+                 large_model: bool = False, packed: bool = False):
         super().__init__()
         self.args = (checkpoint, backbone, dtype, device, cache)
-        self.large_model = large_model
+        self.large_model, self.packed = large_model, packed
 
     def load_model(self) -> Compressor:
-        compressor = Compressor(shared_model(*self.args))
+        compressor = Compressor(shared_model(*self.args), self.packed)
         phase("model_loaded")
         return compressor
 
@@ -182,8 +189,8 @@ class GenerationSettings(BaseModel):
 
     checkpoint: str = Field(description="Checkpoint folder.")
     backbone: Optional[str] = Field(None, description="Backbone override.")
-    dtype: str = Field("float32", description="Backbone precision.")
-    device: str = Field("cpu", description="cpu or cuda.")
+    dtype: str = Field("auto", description="Backbone precision: float32, bfloat16 or auto (bf16 on CUDA).")
+    device: str = Field("auto", description="cpu, cuda or auto (CUDA when the worker has it).")
     cache_dir: Optional[str] = Field(None, description="Backbone cache folder.")
     fingerprint: str = Field(description="The checkpoint's fingerprint, written on every prediction.")
     mode: str = Field("commer", description="commer, in_prompt or none.")

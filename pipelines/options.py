@@ -51,8 +51,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", default=None,
                        help="Override the checkpoint's backbone reference (an HF folder, local or gs://). It must "
                             "be the same model: its content hash is checked.")
-    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="Backbone precision.")
-    group.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where the model runs on each worker.")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                       help="Backbone precision. auto: bfloat16 on CUDA, float32 on CPU (decided on each worker).")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="Where the model runs on each worker. auto: CUDA when the worker has it, else CPU.")
     group.add_argument("--cache_dir", default=None,
                        help="Where converted/downloaded backbones are cached (default $COMMER_CACHE_DIR or "
                             "~/.cache/commer).")
@@ -75,6 +77,40 @@ def add_merge_flags(parser: argparse.ArgumentParser) -> None:
                        help="--merge=retrieved ranking (default bm25): bm25 between the instruction and the documents' "
                             "text (needs --documents, matched by user_id + doc_id); similarity: cosine between the "
                             "instruction's compression and the stored ones (no text needed).")
+
+
+def add_batching_flags(parser: argparse.ArgumentParser) -> None:
+    """How compress_users cuts documents into model calls (pipelines.inference.Batching)."""
+    group = parser.add_argument_group("batching")
+    group.add_argument("--max_batch_tokens", type=int, default=None,
+                       help="Positions per compression batch: a document costs its tokens + K, and a padded batch "
+                            "counts its padding (rows × longest row). Default: 1024 on CPU (about the 16 sample "
+                            "documents batched before), 65536 on CUDA, by each worker's device. With --packed: the "
+                            "length of one packed sequence.")
+    group.add_argument("--packed", action="store_true",
+                       help="Padding-free packing: each batch's documents are concatenated into one sequence, each "
+                            "attending only to itself (same compressions). Needs --max_batch_tokens; on CPU it pays "
+                            "only for packs up to ~512 positions (benchmarks/RESULTS.md §6).")
+    group.add_argument("--batch_size", type=int, default=None,
+                       help="At most this many documents per batch (default: no limit; --max_batch_tokens sizes "
+                            "the batches).")
+    group.add_argument("--length_bucket_tokens", type=int, default=32,
+                       help="Documents are batched with others whose token count falls in the same bucket of this "
+                            "width, so padding per document is below this many tokens.")
+    group.add_argument("--batch_shards", type=int, default=8,
+                       help="Parallel batch streams per length bucket (more = more parallelism, more "
+                            "partially-filled batches).")
+
+
+def check_batching(flags: argparse.Namespace) -> None:
+    """The batching flags make sense together, or one line naming the flag and the fix."""
+    for name in ("max_batch_tokens", "batch_size", "length_bucket_tokens", "batch_shards"):
+        value = getattr(flags, name)
+        if value is not None and value <= 0:
+            raise CliError(f"--{name} must be positive, got {value}")
+    if flags.packed and flags.max_batch_tokens is None:
+        raise CliError("--packed needs --max_batch_tokens N, the length of one packed sequence (e.g. "
+                       "--max_batch_tokens 512 on CPU)")
 
 
 def add_dead_letter_flag(parser) -> None:

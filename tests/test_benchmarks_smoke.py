@@ -44,8 +44,13 @@ def test_compression_forward_smoke(news):
 
 def test_pipeline_throughput_smoke(news):
     from benchmarks import pipeline_throughput
-    rows = _rows(pipeline_throughput.main(["--data", news, "--documents", "24", "--batch_size", "4"]))
-    assert rows[-1][0].startswith("compress_users") and 0 < float(rows[-1][4]) <= 1
+    rows = _rows(pipeline_throughput.main(["--data", news, "--documents", "24", "--device", "cpu",
+                                           "--modes", "count:4,tokens:300,packed:200"]))
+    assert [r[:2] for r in rows[::2]] == [["raw forward, documents + K (reference)", "count 4"],
+                                          ["compress_users (FnApiRunner, minus start-up)", "count 4"],
+                                          ["compress_users (FnApiRunner, minus start-up)", "tokens 300"],
+                                          ["compress_users (FnApiRunner, minus start-up)", "packed 200"]]
+    assert all(0 < float(r[6]) <= 1 for r in rows) and float(rows[-1][6]) == 1  # packed: no padding
 
 
 def test_refresh_cost_smoke(news):

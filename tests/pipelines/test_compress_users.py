@@ -12,7 +12,8 @@ import pytest
 
 from commer import ComMer, ComMerConfig
 from pipelines.compress_users import main, run
-from pipelines.inference import load_tokenizer, split_batches, tokenize
+from pipelines.batching import Batching, split_batches
+from pipelines.inference import load_tokenizer, tokenize
 from pipelines.io import parquet_shards
 from pipelines.output_state import current_shards
 from pipelines.runtime import CliError
@@ -318,7 +319,8 @@ def test_batches_are_length_sorted_and_padding_is_small():
     from pipelines.batching import padding_fraction
     rng = random.Random(0)
     docs = [("u", f"d{i}", [1] * rng.randint(33, 64)) for i in range(400)]
-    batches = list(split_batches(("bucket", iter(docs)), 16, window_batches=8))
+    batches = list(split_batches(("bucket", iter(docs)), Batching(K=4, max_batch_documents=16), 16 * 68,
+                                 window_batches=8))
     assert sorted(x[1] for b in batches for x in b) == sorted(d[1] for d in docs)
     assert all(len(b) <= 16 for b in batches)
     mean_padding = sum(padding_fraction([x[2] for x in b]) for b in batches) / len(batches)

@@ -78,4 +78,6 @@ def test_help_shows_defaults(job, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--log_level" in text and "(default: WARNING)" in text
     if job is not evaluate:
-        assert "(default: 16)" in text and "(default: float32)" in text  # --batch_size, --dtype
+        assert "(default: auto)" in text  # --dtype, --device
+    if job is generate:
+        assert "(default: 16)" in text  # --batch_size
