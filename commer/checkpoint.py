@@ -75,23 +75,44 @@ def compute_fingerprint(model) -> str:
 
 # ---- writing ---------------------------------------------------------------------------
 
-def save_checkpoint(model, path: str) -> None:
-    """Write a checkpoint folder at `path` (local or remote)."""
+def save_checkpoint(model, path: str, weights_dtype: str = "float32") -> None:
+    """Write a checkpoint folder at `path` (local or remote).
+
+    `weights_dtype="bfloat16"` stores the trained weights at half the size (for a checkpoint shipped
+    in the package). It first rounds the model's own trainable weights to bfloat16 values, so the
+    fingerprint, the saved files and the model in memory agree, and a reload computes exactly what
+    this model now computes.
+    """
+    if weights_dtype not in ("float32", "bfloat16"):
+        raise CheckpointError(f"weights_dtype {weights_dtype!r}: use float32 or bfloat16")
+    if weights_dtype == "bfloat16":
+        with torch.no_grad():
+            for tensor in _trainable_parameters(model):
+                tensor.copy_(tensor.to(torch.bfloat16).to(tensor.dtype))
     if storage.is_remote(path):
         with tempfile.TemporaryDirectory() as tmp:
-            _save_local(model, Path(tmp))
+            _save_local(model, Path(tmp), weights_dtype)
             storage.upload_dir(tmp, path)
     else:
-        _save_local(model, Path(path))
+        _save_local(model, Path(path), weights_dtype)
 
 
-def _save_local(model, folder: Path) -> None:
+def _trainable_parameters(model) -> list[torch.Tensor]:
+    return [model.compression_embeddings] + [p for n, p in model.lm.named_parameters() if "lora_" in n]
+
+
+def _save_local(model, folder: Path, weights_dtype: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, weights_dtype)
     config = model.config.model_copy(update={"fingerprint": compute_fingerprint(model)})
     (folder / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
-    save_file({"compression_embeddings": model.compression_embeddings.detach().float().cpu().contiguous()},
+    save_file({"compression_embeddings": model.compression_embeddings.detach().cpu().to(dtype).contiguous()},
               str(folder / EMBEDDINGS_FILE))
     model.lm.save_pretrained(str(folder / ADAPTER_DIR))
+    if weights_dtype != "float32":
+        # peft writes the adapter in the parameters' dtype; loading casts back to float32 exactly.
+        adapter = folder / ADAPTER_DIR / ADAPTER_WEIGHTS
+        save_file({k: v.to(dtype).contiguous() for k, v in load_file(str(adapter)).items()}, str(adapter))
 
 
 # ---- reading ---------------------------------------------------------------------------

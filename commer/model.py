@@ -102,8 +102,9 @@ class ComMer(nn.Module):
         model.eval()
         return model
 
-    def save_pretrained(self, path: str) -> None:
-        save_checkpoint(self, path)
+    def save_pretrained(self, path: str, weights_dtype: str = "float32") -> None:
+        """weights_dtype="bfloat16" halves the files (see commer.checkpoint.save_checkpoint)."""
+        save_checkpoint(self, path, weights_dtype)
 
     def fingerprint(self) -> str:
         return compute_fingerprint(self)

@@ -31,6 +31,25 @@ def test_round_trip_gives_identical_compressions(tiny_model, tmp_path, commer_ca
     assert loaded.fingerprint() == tiny_model.fingerprint() == read_config(str(tmp_path / "ck")).fingerprint
 
 
+def test_bfloat16_weights_halve_the_files_and_reload_exactly(tiny_model, tmp_path, commer_cache):
+    """The shipped checkpoint is stored in bfloat16: the saving model is rounded first, so the
+    fingerprint, the files and the model in memory agree and a reload computes the same numbers."""
+    _nudge(tiny_model)
+    tiny_model.save_pretrained(str(tmp_path / "f32"))
+    before = tiny_model.compress(DOCS)
+    tiny_model.save_pretrained(str(tmp_path / "bf16"), weights_dtype="bfloat16")
+    after = tiny_model.compress(DOCS)
+    assert not torch.equal(before, after)  # the weights really were rounded ...
+    assert torch.allclose(before, after, rtol=0, atol=5e-2 * before.abs().max())  # ... by bfloat16's step only
+    loaded = ComMer.from_pretrained(str(tmp_path / "bf16"), cache=commer_cache)
+    assert torch.equal(loaded.compress(DOCS), after)
+    assert loaded.fingerprint() == tiny_model.fingerprint() == read_config(str(tmp_path / "bf16")).fingerprint
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))
+    assert size(tmp_path / "bf16") < 0.6 * size(tmp_path / "f32")
+    with pytest.raises(CheckpointError, match="weights_dtype"):
+        tiny_model.save_pretrained(str(tmp_path / "x"), weights_dtype="int8")
+
+
 def test_checkpoint_layout_is_json_safetensors_and_peft(tiny_model, tmp_path):
     tiny_model.save_pretrained(str(tmp_path))
     config = json.loads((tmp_path / "commer_config.json").read_text())
