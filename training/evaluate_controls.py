@@ -38,7 +38,6 @@ import argparse
 import datetime
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 
 from commer import ComMer
+from commer.checkpoint import CheckpointError
 from commer.defaults import default_checkpoint
 from commer.metrics import rouge
 from training.evaluate_task import score_examples
@@ -569,7 +569,9 @@ def run(args) -> dict:
     return {"rows": rows, "extras": extras, "header": header, "table": table_md, "plots": plots}
 
 
-def main(argv: list[str] | None = None) -> int:
+def evaluation_cli(argv: list[str] | None, build_parser, run) -> int:
+    """The evaluation scripts' shared entry: parse, set threads, run, print the table; a data or
+    checkpoint problem is one line (exit 2), never a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -581,8 +583,15 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointError as exc:
+        print(f"error: --checkpoint: {exc}", file=sys.stderr)
+        return 2
     print(result["table"])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return evaluation_cli(argv, build_parser, run)
 
 
 if __name__ == "__main__":

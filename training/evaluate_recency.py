@@ -34,7 +34,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
 import random
 import shlex
 import sys
@@ -46,10 +45,9 @@ import numpy as np
 import torch
 
 from commer import ComMer
-from commer.checkpoint import CheckpointError
 from commer.defaults import default_checkpoint
 from commer.recency import effective_created_at, recency_merge_all
-from training.evaluate_controls import _ci, interval, public, test_articles, token_perplexity
+from training.evaluate_controls import _ci, evaluation_cli, interval, public, test_articles, token_perplexity
 from training.tasks import DataError, Example
 from training.tasks import news
 
@@ -329,22 +327,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    torch.set_num_threads(args.num_threads or max(1, os.cpu_count() or 1))
-    try:
-        result = run(args)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except CheckpointError as exc:
-        print(f"error: --checkpoint: {exc}", file=sys.stderr)
-        return 2
-    print(result["table"])
-    return 0
+    return evaluation_cli(argv, build_parser, run)
 
 
 if __name__ == "__main__":
