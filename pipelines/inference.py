@@ -50,11 +50,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None):
-    """The ComMer model for these settings, loaded once per process and shared by its threads.
-    'auto' device and dtype are resolved here, on the worker (see the module docstring)."""
+def resolve_on_worker(dtype: str, device: str) -> tuple[str, str]:
+    """(dtype, device) with 'auto' resolved for the worker this runs on (see the module docstring)."""
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    return resolve_dtype(dtype, device), device
+
+
+def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None):
+    """The ComMer model for these settings, loaded once per process and shared by its threads."""
+    dtype, device = resolve_on_worker(dtype, device)
     key = (checkpoint, backbone, dtype, device, cache)
     with _MODELS_LOCK:
         if key not in _MODELS:

@@ -24,9 +24,8 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from pydantic import BaseModel, Field
 
 from commer import ComMer
-from commer.precision import resolve_dtype
 from commer.retrieval import order_by_doc_id, retrieved_soft_prompt, top_m_by_bm25, top_m_by_similarity
-from pipelines.inference import GenerationSettings, resolve_device
+from pipelines.inference import GenerationSettings, resolve_on_worker
 from pipelines.io import check_fingerprints, parquet_shards
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
 from schemas import tensor_column
@@ -113,8 +112,7 @@ def query_compressor(s: GenerationSettings) -> ComMer:
     switches it off on the model object (peft's disable_adapter), so sharing one object between
     this stage and the generator would let a concurrent bundle compress with the adapter off.
     """
-    device = resolve_device(s.device)  # 'auto' is resolved on the worker, as for the shared model
-    dtype = resolve_dtype(s.dtype, device)
+    dtype, device = resolve_on_worker(s.dtype, s.device)
     key = (s.checkpoint, s.backbone, dtype, device, s.cache_dir)
     with _QUERY_MODELS_LOCK:
         if key not in _QUERY_MODELS:
