@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -35,8 +35,9 @@ class TrainConfig(BaseModel):
         "Optional separate validation file(s) (pretrain corpus; lamp: dev questions). Empty: validation users / "
         "documents are held out of `data` by hash."))
     val_outputs: Optional[str] = Field(None, description="lamp4/lamp7: the outputs JSON matching `val_data`.")
-    num_documents: int = Field(3, ge=1, description="Documents per example (BM25 top-n for news/LaMP, group size "
-                                                    "for pretraining, memory subset size for PerLTQA).")
+    num_documents: int = Field(3, ge=0, description="Documents per example (BM25 top-n for news/LaMP, group size "
+                                                    "for pretraining, memory subset size for PerLTQA). 0 only "
+                                                    "for prompt tuning on news: the no-documents baseline.")
     pretrain_passes: int = Field(1, ge=1, description="pretrain: regroup the corpus this many times into examples.")
     max_train_examples: Optional[int] = Field(None, ge=1, description="Cap on training examples (seeded sample).")
     max_examples_per_user: Optional[int] = Field(None, ge=1, description="Cap on examples per user (news), so "
@@ -86,6 +87,14 @@ class TrainConfig(BaseModel):
     stop_after_steps: Optional[int] = Field(None, ge=1, description="Stop (after saving) at this step without "
                                                                     "changing the schedule: simulates a killed run.")
     cache_dir: Optional[str] = Field(None, description="Backbone cache folder (default ~/.cache/commer).")
+
+    @model_validator(mode="after")
+    def _documents_needed(self) -> "TrainConfig":
+        # ComMer without documents has nothing to compress; other tasks build their examples from them.
+        if self.num_documents == 0 and (self.method != "prompt_tuning" or self.task != "news"):
+            raise ValueError("num_documents=0 is only for method=prompt_tuning with task=news "
+                             "(the no-documents baseline)")
+        return self
 
     # ---- I/O ---------------------------------------------------------------------------
 
@@ -181,4 +190,6 @@ def _read_mapping(path: str) -> dict:
 
 
 def _short(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+    # Model-level checks have no field location, and pydantic prefixes their message with "Value error, ".
+    return "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+                     for e in exc.errors()[:5])

@@ -200,7 +200,7 @@ def score_row(label: str, group: str, model, method: str, examples: list[Example
 class RowCache:
     """Each scored row (with its per-example arrays) saved as it finishes, so a killed run can
     go on with --resume; rows are reused only when the run's signature (checkpoint, data,
-    examples, settings) is the same."""
+    examples, settings) and the row's own model are the same."""
 
     def __init__(self, folder: Path, signature: dict):
         self.folder, self.signature = folder, signature
@@ -208,23 +208,26 @@ class RowCache:
     def _path(self, label: str) -> Path:
         return self.folder / (re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") + ".json")
 
-    def get(self, label: str) -> dict | None:
+    def get(self, label: str, model: str | None = None) -> dict | None:
+        """`model`: the folder a row scores with when it is not the run's checkpoint (prompt tuning,
+        Figure 6), so adding or changing it re-scores only its own rows."""
         path = self._path(label)
         if not path.exists():
             return None
         saved = json.loads(path.read_text())
-        if saved.get("signature") != self.signature:
+        if saved.get("signature") != {**self.signature, "model": model}:
             return None
         row = saved["row"]
         for key, values in saved["arrays"].items():
             row[key] = np.asarray(values, float)
         return row
 
-    def put(self, row: dict) -> None:
+    def put(self, row: dict, model: str | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         arrays = {k: v.tolist() for k, v in row.items() if k.startswith("_")}
         tmp = self._path(row["label"]).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"signature": self.signature, "row": public(row), "arrays": arrays}))
+        tmp.write_text(json.dumps({"signature": {**self.signature, "model": model}, "row": public(row),
+                                   "arrays": arrays}))
         os.replace(tmp, self._path(row["label"]))
 
 
@@ -500,26 +503,25 @@ def run(args) -> dict:
     partial = RowCache(folder / "partial", {
         "checkpoint": checkpoint, "fingerprint": model.config.fingerprint, "data": [str(d) for d in args.data],
         "examples": [e.example_id for e in examples], "other_documents": args.other_documents,
-        "no_generate": args.no_generate, "max_new_tokens": args.max_new_tokens,
-        "prompt_tuning": args.prompt_tuning, "prompt_tuning_nodocs": args.prompt_tuning_nodocs})
+        "no_generate": args.no_generate, "max_new_tokens": args.max_new_tokens})
     pt_models: dict[str, PromptTuning] = {}
     pools = AuthorPools(model, articles, args.batch_size)  # compresses an author's articles on first use
     rows = []
     for i, (label, group, method, n, exs) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {label}", file=sys.stderr, flush=True)
-        if args.resume and (done := partial.get(label)) is not None:
+        path = None if method != "prompt_tuning" else pt_nodocs if group == "prompt_tuning_nodocs" else args.prompt_tuning
+        if args.resume and (done := partial.get(label, path)) is not None:
             log.info("%s: kept from an earlier run (--resume)", label)
             rows.append(done)
             continue
         scorer = model
-        if method == "prompt_tuning":
-            path = pt_nodocs if group == "prompt_tuning_nodocs" else args.prompt_tuning
+        if path is not None:
             if path not in pt_models:
                 pt_models[path] = PromptTuning.from_pretrained(path, cache=args.cache_dir).to(args.device)
             scorer = pt_models[path]
         rows.append(score_row(label, group, scorer, method, exs, n, args,
                               RetrievedScorer(pools) if method in RULES else score_examples))
-        partial.put(rows[-1])
+        partial.put(rows[-1], path)
     reference = next(r for r in rows if r["label"] == REFERENCE)
     bootstrap(rows, reference, next(r for r in rows if r["group"] == "other"), args.resamples, args.seed)
 
@@ -542,9 +544,18 @@ def run(args) -> dict:
         fig_args.no_generate = True
         table: dict[str, dict[str, float]] = {"1": {}, "4": {}}
         for n, path in ((1, args.checkpoint_n1), (4, args.checkpoint_n4)):
-            trained_on = ComMer.from_pretrained(path, cache=args.cache_dir).to(args.device)
+            trained_on = None  # loaded only if a row is not cached
+            same = Path(path).resolve() == Path(checkpoint).resolve()
             for m in (1, 4):
-                row = score_row(f"train {n} / test {m}", "figure6", trained_on, "commer", examples, m, fig_args)
+                label = f"train {n} / test {m}"
+                # The run's own checkpoint has scored these already, as "ComMer own m".
+                row = next((r for r in rows if same and r["label"] == f"ComMer own {m}"), None)
+                row = row or (partial.get(label, path) if args.resume else None)
+                if row is None:
+                    print(f"[figure 6] {label}", file=sys.stderr, flush=True)
+                    trained_on = trained_on or ComMer.from_pretrained(path, cache=args.cache_dir).to(args.device)
+                    row = score_row(label, "figure6", trained_on, "commer", examples, m, fig_args)
+                    partial.put(row, path)
                 table[str(m)][str(n)] = row["perplexity"]
         extras["figure6"] = {"train": [1, 4], "test": [1, 4], "perplexity": table,
                              "difference": {m: {n: table[m][n] - table[n][n] for n in ("1", "4")} for m in ("1", "4")}}

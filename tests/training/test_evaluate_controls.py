@@ -1,5 +1,6 @@
 """Evaluation with controls, end to end on the tiny backbone, and the reconstruction probe."""
 import json
+import shutil
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_news_load_takes_several_files(tmp_path):
     assert one == two and {e.user_id for e in one} == set(authors)
 
 
-def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder, tmp_path):
+def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder, tmp_path, monkeypatch):
     data = tmp_path / "news.jsonl"
     write_huffpost(data)
     out = tmp_path / "controls"
@@ -108,6 +109,19 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
     assert [(r["label"], r["perplexity"], r["seconds"], r["rougeL"]) for r in again["rows"]] == \
         [(r["label"], r["perplexity"], r["seconds"], r["rougeL"]) for r in result["rows"]]
     assert again["rows"][4]["delta_perplexity_ci"] == [0.0, 0.0]
+
+    # A new prompt-tuning folder re-scores only the rows that use it; Figure 6 rows are cached
+    # too, and the run's own checkpoint reuses its "ComMer own m" rows.
+    scored = []
+    real_score_row = evaluate_controls.score_row
+    monkeypatch.setattr(evaluate_controls, "score_row", lambda label, *a, **k: scored.append(label) or
+                        real_score_row(label, *a, **k))
+    moved = tmp_path / "pt_copy"
+    shutil.copytree(prompt_tuning_folder, moved)
+    args.prompt_tuning, args.checkpoint_n1 = str(moved), tiny_checkpoint
+    third = evaluate_controls.run(args)
+    assert scored == ["prompt tuning (no documents)", "prompt tuning text 1", "prompt tuning text 4"]
+    assert third["extras"]["figure6"] == fig6
 
 
 def test_other_author_documents_come_from_another_test_author(tmp_path):

@@ -58,6 +58,10 @@ def test_config_round_trip(tmp_path):
         TrainConfig.from_file(str(tmp_path / "bad.yaml"))
     with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
         TrainConfig.from_file(str(tmp_path / "missing.yaml"))
+    # No documents: only the prompt-tuning baseline on news (ComMer would have nothing to compress).
+    assert TrainConfig(method="prompt_tuning", task="news", num_documents=0).num_documents == 0
+    with pytest.raises(ConfigError, match="num_documents=0 is only for method=prompt_tuning with task=news"):
+        TrainConfig.from_args(["--num_documents", "0"])
 
 
 def test_loss_decreases_on_tiny_overfit_set(tiny_backbone, commer_cache, tmp_path, fixed_examples):

@@ -113,6 +113,10 @@ def test_news_author_split_fixed_and_disjoint():
         assert all(split_of(a, news.FRACTIONS) == s for a in names)
     ex = splits["train"][0]
     assert ex.instruction.startswith("Generate a headline for the following article: Author")
+    # The no-documents prompt-tuning baseline trains on the same examples, without documents.
+    bare = news.load(F / "news.jsonl", "train", 0)
+    assert [e.example_id for e in bare] == [e.example_id for e in splits["train"]]
+    assert all(e.documents == [] for e in bare)
     assert len(ex.documents) == 3 and all(d.startswith("Text: ") and " Title: " in d for d in ex.documents)
     # The query's own article is never among its documents.
     assert all(e.answer not in " ".join(e.documents) for e in splits["train"])
