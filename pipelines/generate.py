@@ -274,6 +274,8 @@ def main(argv: list[str]) -> int:
         "reconciled": read == answered + rejected + duplicates,
         "seconds": round(seconds, 2),
         "settings": settings.model_dump(),
+        # How each soft prompt was merged: the whole profile, or the top M stored compressions per query.
+        "merge": {"merge": "all"} if merge is None else {"merge": "retrieved", **merge.model_dump(exclude={"fingerprint"})},
     }
     write_json(f"{output}/run_summary.json", summary)
     print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized), "

@@ -87,6 +87,9 @@ def test_top_m_at_least_the_document_count_equals_merge_all(stored, tiny_checkpo
         assert b["perplexity"] == pytest.approx(a["perplexity"], rel=1e-5)
     assert retrieved["q1"]["doc_count"] == 4 and retrieved["q3"]["doc_count"] == 3
     assert retrieved["q4"]["personalized"] is False and retrieved["q4"]["doc_count"] == 0
+    # The run summary says how the soft prompts were merged.
+    merges = [json.loads((tmp_path / name / "run_summary.json").read_text())["merge"] for name in ("all", "retrieved")]
+    assert merges == [{"merge": "all"}, {"merge": "retrieved", "retrieval": "bm25", "top_m": 50}]
 
 
 def test_top_1_bm25_uses_exactly_the_best_documents_compression(stored, tiny, tiny_checkpoint, commer_cache,
