@@ -175,10 +175,16 @@ def _progress(label: str):
     return report
 
 
+def decodes(args, n: int) -> bool:
+    """Whether a row with n documents is decoded for ROUGE (greedy decoding is most of a row's time on CPU)."""
+    return not args.no_generate and (args.rouge_documents is None or n in args.rouge_documents)
+
+
 def score_row(label: str, group: str, model, method: str, examples: list[Example], n: int, args,
               score=score_examples) -> dict:
+    decode = decodes(args, n)
     scored = score(model, method, examples, n, args.batch_size, args.max_new_tokens,
-                   not args.no_generate, progress=_progress(label))
+                   decode, progress=_progress(label))
     nll, tokens = np.asarray(scored["nll"], float), np.asarray(scored["tokens"], float)
     row = {"kind": "row", "group": group, "label": label, "method": method, "num_documents": n,
            "examples": len(examples), "mean_documents": float(np.mean(scored["documents"])),
@@ -187,13 +193,13 @@ def score_row(label: str, group: str, model, method: str, examples: list[Example
            "_nll": nll, "_tokens": tokens}
     if scored.get("overlap"):  # query-time merge rows: share of the chosen documents own M also used
         row["overlap_with_own"] = float(np.mean(scored["overlap"]))
-    if not args.no_generate:
+    if decode:
         scores = [rouge_pair(p, e.answer) for p, e in zip(scored["predictions"], examples)]
         for metric in ("rouge1", "rougeL"):
             row[f"_{metric}"] = np.asarray([s[metric] for s in scores], float)
             row[metric] = float(row[f"_{metric}"].mean())
     log.info("%s: perplexity %.3f%s (%.1f s)", label, row["perplexity"],
-             "" if args.no_generate else f", ROUGE-1 {row['rouge1']:.4f}, ROUGE-L {row['rougeL']:.4f}", row["seconds"])
+             "" if not decode else f", ROUGE-1 {row['rouge1']:.4f}, ROUGE-L {row['rougeL']:.4f}", row["seconds"])
     return row
 
 
@@ -208,14 +214,17 @@ class RowCache:
     def _path(self, label: str) -> Path:
         return self.folder / (re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") + ".json")
 
-    def get(self, label: str, model: str | None = None) -> dict | None:
+    def get(self, label: str, model: str | None = None, decoded: bool = False) -> dict | None:
         """`model`: the folder a row scores with when it is not the run's checkpoint (prompt tuning,
-        Figure 6), so adding or changing it re-scores only its own rows."""
+        Figure 6), so adding or changing it re-scores only its own rows. `decoded`: the row needs
+        ROUGE; a saved row with ROUGE also serves a row that does not."""
         path = self._path(label)
         if not path.exists():
             return None
         saved = json.loads(path.read_text())
-        if saved.get("signature") != {**self.signature, "model": model}:
+        signature = dict(saved.get("signature", {}))
+        saved_decoded = not signature.pop("no_generate", True)
+        if signature != {**self.signature, "model": model} or (decoded and not saved_decoded):
             return None
         row = saved["row"]
         for key, values in saved["arrays"].items():
@@ -226,8 +235,8 @@ class RowCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         arrays = {k: v.tolist() for k, v in row.items() if k.startswith("_")}
         tmp = self._path(row["label"]).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"signature": {**self.signature, "model": model}, "row": public(row),
-                                   "arrays": arrays}))
+        signature = {**self.signature, "model": model, "no_generate": "rougeL" not in row}
+        tmp.write_text(json.dumps({"signature": signature, "row": public(row), "arrays": arrays}))
         os.replace(tmp, self._path(row["label"]))
 
 
@@ -250,7 +259,7 @@ def _ci(row: dict, key: str, digits: int) -> str:
 
 
 def write_table(path: Path, rows: list[dict], extras: dict, header: dict) -> str:
-    generated = not header["no_generate"]
+    generated = any("rougeL" in r for r in rows)
     lines = [f"### Evaluation with controls — news headlines, test authors ({header['date']})", "",
              f"`{header['command']}`", "",
              f"Checkpoint `{header['checkpoint']}` (trained={header['trained']}, fingerprint "
@@ -258,7 +267,8 @@ def write_table(path: Path, rows: list[dict], extras: dict, header: dict) -> str
              f"the same examples in every row (retrieved and length-filtered at n={header['largest_n']}). "
              f"Perplexity is token-level over answer tokens; intervals are paired bootstrap 95% "
              f"({header['resamples']} resamples of examples, seed {header['seed']}); Δ is the row minus "
-             f"**{REFERENCE}**. " + (f"Greedy decoding, {ROUGE_NOTE}." if generated else "ROUGE skipped (--no_generate)."),
+             f"**{REFERENCE}**. " + (f"Greedy decoding, {ROUGE_NOTE}; seconds include decoding where a row has ROUGE."
+                                       if generated else "ROUGE skipped (--no_generate)."),
              ""]
     cols = ["Row", "Docs used (mean)", "Prompt tokens", "Perplexity [95% CI]", "Δ perplexity [95% CI]"]
     if generated:
@@ -269,7 +279,8 @@ def write_table(path: Path, rows: list[dict], extras: dict, header: dict) -> str
         cells = [r["label"], f"{r['mean_documents']:.2f}", f"{r['mean_prompt_tokens']:.1f}", _ci(r, "perplexity", 2),
                  _ci(r, "delta_perplexity", 2)]
         if generated:
-            cells += [f"{r['rouge1']:.4f}", f"{r['rougeL']:.4f}", _ci(r, "delta_rougeL", 4)]
+            cells += [f"{r['rouge1']:.4f}", f"{r['rougeL']:.4f}", _ci(r, "delta_rougeL", 4)] if "rougeL" in r \
+                else ["–", "–", "–"]
         cells += [f"{r['seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     for note in header["skipped"]:
@@ -448,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--max_new_tokens", type=int, default=24)
     p.add_argument("--no_generate", action="store_true", help="Perplexity only (skip greedy decoding/ROUGE).")
+    p.add_argument("--rouge_documents", nargs="+", type=int, default=None,
+                   help="Decode (ROUGE) only the rows with these numbers of documents, e.g. 0 4: the no-documents rows "
+                        "and every row at n = 4 (default: all rows). Must include 4, the reference row.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device for every model (e.g. cuda).")
@@ -461,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> dict:
     if 4 not in args.documents:
         raise DataError("--documents must include 4: the reference row is ComMer with 4 own documents")
+    if args.rouge_documents is not None and 4 not in args.rouge_documents:
+        raise DataError("--rouge_documents must include 4: ROUGE differences are taken from ComMer with 4 own documents")
     if not args.retrieved_top_m:
         args.similarity_top_m = []  # the similarity rows come with the query-time merge rows
     if any(m < 1 for m in args.retrieved_top_m + args.similarity_top_m):
@@ -503,14 +519,14 @@ def run(args) -> dict:
     partial = RowCache(folder / "partial", {
         "checkpoint": checkpoint, "fingerprint": model.config.fingerprint, "data": [str(d) for d in args.data],
         "examples": [e.example_id for e in examples], "other_documents": args.other_documents,
-        "no_generate": args.no_generate, "max_new_tokens": args.max_new_tokens})
+        "max_new_tokens": args.max_new_tokens})
     pt_models: dict[str, PromptTuning] = {}
     pools = AuthorPools(model, articles, args.batch_size)  # compresses an author's articles on first use
     rows = []
     for i, (label, group, method, n, exs) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {label}", file=sys.stderr, flush=True)
         path = None if method != "prompt_tuning" else pt_nodocs if group == "prompt_tuning_nodocs" else args.prompt_tuning
-        if args.resume and (done := partial.get(label, path)) is not None:
+        if args.resume and (done := partial.get(label, path, decodes(args, n))) is not None:
             log.info("%s: kept from an earlier run (--resume)", label)
             rows.append(done)
             continue

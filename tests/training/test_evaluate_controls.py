@@ -123,6 +123,24 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
     assert scored == ["prompt tuning (no documents)", "prompt tuning text 1", "prompt tuning text 4"]
     assert third["extras"]["figure6"] == fig6
 
+    # ROUGE for some rows only: rows saved with ROUGE still serve rows that do not need it...
+    scored.clear()
+    args.rouge_documents = [0, 4]
+    assert [evaluate_controls.decodes(args, n) for n in (0, 1, 4, 16)] == [True, False, True, False]
+    evaluate_controls.run(args)
+    assert scored == []
+    # ...and rows saved without ROUGE are decoded again where it is asked for, and only there.
+    args.output, args.no_generate, args.checkpoint_n1 = str(tmp_path / "partly"), True, None
+    args.documents, args.text_documents, args.prompt_tuning_documents = [1, 4], [1], []
+    evaluate_controls.run(args)
+    scored.clear()
+    args.no_generate = False
+    fifth = evaluate_controls.run(args)
+    assert scored == ["none", "prompt tuning (no documents)", "ComMer own 4", "ComMer other 4", "ComMer concat 4"]
+    assert all(("rougeL" in r) == (r["num_documents"] in (0, 4)) for r in fifth["rows"])
+    table = (tmp_path / "partly" / "table.md").read_text()
+    assert "| ComMer own 1 |" in table and "| – | – | – |" in table and "delta_rougeL" in fifth["rows"][1]
+
 
 def test_other_author_documents_come_from_another_test_author(tmp_path):
     data = tmp_path / "news.jsonl"
