@@ -451,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Default: none (rows skipped).")
     p.add_argument("--similarity_top_m", nargs="*", type=int, default=[4],
                    help="With --retrieved_top_m: ComMer similarity top-M rows (instruction's compression vs stored).")
+    p.add_argument("--retrieved_text_top_m", nargs="*", type=int, default=None,
+                   help="With --retrieved_top_m: the in-prompt baseline with the same documents as the bm25 rows, "
+                        "for these M (default: every --retrieved_top_m).")
     p.add_argument("--max_examples", type=int, default=400)
     p.add_argument("--max_examples_per_user", type=int, default=None)
     p.add_argument("--probe_examples", type=int, default=64, help="Target documents of the reconstruction probe (0: skip).")
@@ -478,9 +481,12 @@ def run(args) -> dict:
     if args.rouge_documents is not None and 4 not in args.rouge_documents:
         raise DataError("--rouge_documents must include 4: ROUGE differences are taken from ComMer with 4 own documents")
     if not args.retrieved_top_m:
-        args.similarity_top_m = []  # the similarity rows come with the query-time merge rows
-    if any(m < 1 for m in args.retrieved_top_m + args.similarity_top_m):
-        raise DataError("--retrieved_top_m and --similarity_top_m take M >= 1")
+        args.similarity_top_m = []  # the similarity and text rows come with the query-time merge rows
+        args.retrieved_text_top_m = []
+    elif args.retrieved_text_top_m is None:
+        args.retrieved_text_top_m = list(args.retrieved_top_m)
+    if any(m < 1 for m in args.retrieved_top_m + args.similarity_top_m + args.retrieved_text_top_m):
+        raise DataError("--retrieved_top_m, --similarity_top_m and --retrieved_text_top_m take M >= 1")
     # Not the query-time rows' M: they choose among all articles, and must not change the example set.
     largest = max(args.documents + args.text_documents + args.prompt_tuning_documents
                   + [args.other_documents, args.concat_documents])

@@ -6,6 +6,8 @@ chosen exactly as `pipelines.generate --merge=retrieved` chooses them (commer.re
     ComMer retrieved top-M (bm25)   BM25 between the example's instruction and the documents' text
     ComMer similarity top-M         cosine between the instruction's compression and each stored one
     ComMer merge=all                the mean of every candidate: the profile a user would have
+    text retrieved top-M (bm25)     the in-prompt baseline with the SAME documents as the bm25 row:
+                                    their text before the instruction, frozen backbone
 
 Candidate pool (what the product stores for the author): ALL of the author's other articles,
 formatted as the news task's documents, each compressed once per author. Not the n=16 BM25
@@ -19,19 +21,21 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from commer.retrieval import order_by_doc_id, retrieved_soft_prompt, top_m_by_bm25, top_m_by_similarity
-from training.evaluate_task import prompt_tokens
+from training.evaluate_task import prompt_tokens, score_examples
 from training.tasks import DataError, Example
 from training.tasks import news
 
 log = logging.getLogger("training.retrieved_rows")
 
-RULES = {"retrieved_bm25": "bm25", "retrieved_similarity": "similarity", "merge_all": "all"}
+RULES = {"retrieved_bm25": "bm25", "retrieved_similarity": "similarity", "merge_all": "all",
+         "text_retrieved_bm25": "bm25"}
 POOL_NOTE = ("candidates = ALL of the author's other articles (each compressed once), ranked as "
              "`pipelines.generate --merge=retrieved` ranks them: BM25 between the instruction and the stored "
              "document text, or cosine between the instruction's compression and each stored compression")
@@ -96,6 +100,8 @@ class RetrievedScorer:
     def __call__(self, model, method: str, examples: list[Example], m: int, batch_size: int = 16,
                  max_new_tokens: int = 24, generate: bool = True, progress: Optional[Callable] = None) -> dict:
         rule = RULES[method]
+        if method == "text_retrieved_bm25":
+            return self._as_text(model, examples, m, batch_size, max_new_tokens, generate, progress)
         model.eval()
         out = {"nll": [], "tokens": [], "prompt_tokens": [], "documents": [], "predictions": [], "overlap": []}
         started, pool_seconds = time.time(), self.pools.seconds
@@ -124,6 +130,18 @@ class RetrievedScorer:
         out["seconds"] = round(time.time() - started - (self.pools.seconds - pool_seconds), 1)
         return out
 
+    def _as_text(self, model, examples: list[Example], m: int, batch_size: int, max_new_tokens: int,
+                 generate: bool, progress: Optional[Callable]) -> dict:
+        """The bm25 row's documents, given as text: each example re-built with them, scored as "text"."""
+        chosen = []
+        for e in examples:
+            _, texts = self.pools.candidates(e)
+            chosen.append(replace(e, documents=[texts[i] for i in choose("bm25", m, e.instruction, None, texts, None)]))
+        out = score_examples(model, "text", chosen, m, batch_size, max_new_tokens, generate, progress)
+        out["overlap"] = [sum(d in set(e.documents[:len(c.documents)]) for d in c.documents) / max(len(c.documents), 1)
+                          for e, c in zip(examples, chosen)]
+        return out
+
 
 def plan_rows(args, examples: list[Example]) -> list[tuple[str, str, str, int, list[Example]]]:
     """(label, group, method, M, examples) of the query-time merge rows the flags ask for."""
@@ -133,6 +151,8 @@ def plan_rows(args, examples: list[Example]) -> list[tuple[str, str, str, int, l
              for m in args.similarity_top_m]
     if args.retrieved_top_m or args.similarity_top_m:
         rows.append(("ComMer merge=all", "retrieved", "merge_all", 0, examples))
+    rows += [(f"text retrieved top-{m} (bm25)", "retrieved_text", "text_retrieved_bm25", m, examples)
+             for m in args.retrieved_text_top_m]
     return rows
 
 

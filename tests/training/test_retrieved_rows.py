@@ -1,5 +1,6 @@
 """The evaluation's query-time merge rows (issue 16): same examples, same choice as the generate job."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from commer import ComMer
 from commer.retrieval import top_m_by_bm25, top_m_by_similarity
 from training import evaluate_controls
+from training.evaluate_task import score_examples
 from training.retrieved_rows import AuthorPools, article_id
 from training.tasks import DataError, news
 
@@ -44,7 +46,8 @@ def test_rows_are_added_with_paired_intervals(controls):
     rows = controls["rows"]
     labels = [r["label"] for r in controls["result"]["rows"]]
     assert labels[labels.index("ComMer concat 4") + 1:] == [
-        "ComMer retrieved top-1 (bm25)", "ComMer retrieved top-2 (bm25)", "ComMer similarity top-1", "ComMer merge=all"]
+        "ComMer retrieved top-1 (bm25)", "ComMer retrieved top-2 (bm25)", "ComMer similarity top-1", "ComMer merge=all",
+        "text retrieved top-1 (bm25)", "text retrieved top-2 (bm25)"]
     assert rows["ComMer retrieved top-2 (bm25)"]["mean_documents"] == 2
     assert rows["ComMer merge=all"]["mean_documents"] == 17   # 18 articles per author, minus the query's own
     # The same K soft tokens whatever M: the prompt costs what ComMer own 4 costs.
@@ -88,6 +91,22 @@ def test_each_row_merges_exactly_the_documents_the_generate_job_would(controls):
             # far a wrong choice moves the NLL, not against a fixed relative tolerance.
             assert right != other, label
             assert abs(got - right) <= 1e-6 * abs(right) + 1e-2 * abs(other - right), (label, i, got, right, other)
+
+
+def test_text_rows_give_the_bm25_rows_documents_as_text(controls):
+    """The in-prompt baseline of the query-time merge: the same M documents as ComMer retrieved top-M
+    (bm25), as text before the instruction, scored by the frozen backbone."""
+    model, row = controls["model"], controls["rows"]["text retrieved top-2 (bm25)"]
+    assert row["mean_documents"] == 2 and row["mean_prompt_tokens"] > controls["rows"]["none"]["mean_prompt_tokens"]
+    for i in (0, 5):
+        e = controls["examples"][i]
+        texts = others(controls["articles"], e)
+        as_text = replace(e, documents=[texts[j] for j in top_m_by_bm25(e.instruction, texts, 2)])
+        want = score_examples(model, "text", [as_text], 2, generate=False)["nll"][0]
+        assert row["_nll"][i] == pytest.approx(want, rel=1e-5)
+        wrong = replace(e, documents=as_text.documents[::-1][:1] + [t for t in texts if t not in as_text.documents][:1])
+        assert row["_nll"][i] != pytest.approx(score_examples(model, "text", [wrong], 2, generate=False)["nll"][0],
+                                               rel=1e-5)
 
 
 def test_the_pool_path_scores_own_documents_as_the_own_row_does(controls):
