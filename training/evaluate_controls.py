@@ -592,7 +592,8 @@ def run(args) -> dict:
               "examples": len(examples), "authors": len({e.user_id for e in examples}), "largest_n": largest,
               "resamples": args.resamples, "seed": args.seed, "no_generate": args.no_generate, "skipped": skipped}
     with open(folder / "rows.jsonl", "w") as f:
-        f.write(json.dumps({"kind": "header", **header, "rouge": None if args.no_generate else ROUGE_NOTE}) + "\n")
+        f.write(json.dumps({"kind": "header", **header,
+                            "rouge": ROUGE_NOTE if any("rougeL" in r for r in rows) else None}) + "\n")
         for row in rows:
             f.write(json.dumps(public(row)) + "\n")
         for name, value in extras.items():
