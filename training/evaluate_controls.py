@@ -464,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_generate", action="store_true", help="Perplexity only (skip greedy decoding/ROUGE).")
     p.add_argument("--rouge_documents", nargs="+", type=int, default=None,
                    help="Decode (ROUGE) only the rows with these numbers of documents, e.g. 0 4: the no-documents rows "
-                        "and every row at n = 4 (default: all rows). Must include 4, the reference row.")
+                        "and every row at n = 4 (default: all rows). ROUGE differences need the reference row "
+                        "(ComMer own 4) decoded, in this run or a cached one.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device for every model (e.g. cuda).")
@@ -478,8 +479,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> dict:
     if 4 not in args.documents:
         raise DataError("--documents must include 4: the reference row is ComMer with 4 own documents")
-    if args.rouge_documents is not None and 4 not in args.rouge_documents:
-        raise DataError("--rouge_documents must include 4: ROUGE differences are taken from ComMer with 4 own documents")
     if not args.retrieved_top_m:
         args.similarity_top_m = []  # the similarity and text rows come with the query-time merge rows
         args.retrieved_text_top_m = []
