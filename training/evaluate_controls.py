@@ -175,14 +175,17 @@ def _progress(label: str):
     return report
 
 
-def decodes(args, n: int) -> bool:
-    """Whether a row with n documents is decoded for ROUGE (greedy decoding is most of a row's time on CPU)."""
-    return not args.no_generate and (args.rouge_documents is None or n in args.rouge_documents)
+def decodes(args, n: int, method: str = "") -> bool:
+    """Whether a row with n documents is decoded for ROUGE (greedy decoding is most of a row's time on CPU).
+    merge=all's n is not a document count (it merges every candidate): only decoded when all rows are."""
+    if args.no_generate:
+        return False
+    return args.rouge_documents is None or (method != "merge_all" and n in args.rouge_documents)
 
 
 def score_row(label: str, group: str, model, method: str, examples: list[Example], n: int, args,
               score=score_examples) -> dict:
-    decode = decodes(args, n)
+    decode = decodes(args, n, method)
     scored = score(model, method, examples, n, args.batch_size, args.max_new_tokens,
                    decode, progress=_progress(label))
     nll, tokens = np.asarray(scored["nll"], float), np.asarray(scored["tokens"], float)
@@ -531,7 +534,7 @@ def run(args) -> dict:
     for i, (label, group, method, n, exs) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {label}", file=sys.stderr, flush=True)
         path = None if method != "prompt_tuning" else pt_nodocs if group == "prompt_tuning_nodocs" else args.prompt_tuning
-        if args.resume and (done := partial.get(label, path, decodes(args, n))) is not None:
+        if args.resume and (done := partial.get(label, path, decodes(args, n, method))) is not None:
             log.info("%s: kept from an earlier run (--resume)", label)
             rows.append(done)
             continue

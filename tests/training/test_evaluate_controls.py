@@ -127,6 +127,7 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
     scored.clear()
     args.rouge_documents = [0, 4]
     assert [evaluate_controls.decodes(args, n) for n in (0, 1, 4, 16)] == [True, False, True, False]
+    assert not evaluate_controls.decodes(args, 0, "merge_all")
     evaluate_controls.run(args)
     assert scored == []
     # ...and rows saved without ROUGE are decoded again where it is asked for, and only there.
