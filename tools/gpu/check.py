@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,7 +28,9 @@ def main() -> None:
     args = p.parse_args()
     dtype = resolve_dtype(args.dtype, args.device)
     t0 = time.perf_counter()
-    model = ComMer.from_pretrained(default_checkpoint(), dtype=dtype).to(args.device)
+    checkpoint = default_checkpoint()
+    recorded = json.loads((Path(checkpoint) / "commer_config.json").read_text())
+    model = ComMer.from_pretrained(checkpoint, dtype=dtype).to(args.device)
     load_s = time.perf_counter() - t0
     docs = ["I run 10k every Sunday, rain or shine.", "Signed up for my first trail marathon in May."]
     t0 = time.perf_counter()
@@ -42,6 +45,9 @@ def main() -> None:
         "device": args.device, "dtype": dtype, "load_s": round(load_s, 1),
         "compress_generate_s": round(time.perf_counter() - t0, 2), "soft_prompt_shape": list(prompt.shape),
         "answer": answer[0],
+        # Both as recorded in the bundled checkpoint: the carried GGUF and pins reproduce the backbone.
+        "backbone_hash_matches_checkpoint": model.identity.content_hash == recorded.get("backbone_hash"),
+        "fingerprint_matches_checkpoint": model.fingerprint() == recorded.get("fingerprint"),
     }, indent=1))
 
 

@@ -7,7 +7,7 @@
 #     throughput  tools/gpu/loop_throughput.py (benchmarks.pipeline_throughput's Beam-free loop rows)
 #     recipe      python -m training.recipe, its --time_budget capped so it ends by the deadline
 #     none        assemble and print versions only
-#   env: GPU_STASH (/root/w), GPU_DEADLINE_S (540: every step ends by then; the call's limit is 600),
+#   env: GPU_STASH (/root/w), GPU_DEADLINE_S (560: every step ends by then; run the call with timeout_s=600),
 #        RECIPE_BUDGET_S (480), RECIPE_ARGS, THROUGHPUT_MAX_S (180), THROUGHPUT_ARGS, DEVICE (cuda), PYTHON
 set -euo pipefail
 START=$SECONDS
@@ -17,7 +17,7 @@ STASH=${GPU_STASH:-/root/w}
 OUT=${OUT:?OUT must name the folder whose files come back}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-DEADLINE=${GPU_DEADLINE_S:-540}
+DEADLINE=${GPU_DEADLINE_S:-560}
 REPO=$PWD
 RUN=$STASH/recipe          # outside the repo copy: a rerun on the same warm machine resumes it
 DATA=$STASH/data
@@ -53,15 +53,16 @@ if [ "$(sha256sum "$PKG/$GGUF_NAME" 2>/dev/null | cut -d' ' -f1)" != "$GGUF_SHA2
     || { echo "reassembled GGUF does not match sha256 $GGUF_SHA256"; exit 4; }
 fi
 echo "backbone: $PKG/$GGUF_NAME ($GGUF_SIZE bytes, sha256 ok)"
-# 8192 documents need both HuffPost files (the v3 subset alone gives 7748).
-cat "$DATA"/huffpost/news_category_v3_subset.jsonl "$DATA"/huffpost/news_category_v2_extra.jsonl \
+# 8192 documents need both HuffPost files (the v3 subset alone gives 7748); awk, not cat: the
+# v3 file has no final newline, and cat would join its last line with the next file's first.
+awk 1 "$DATA"/huffpost/news_category_v3_subset.jsonl "$DATA"/huffpost/news_category_v2_extra.jsonl \
   > "$DATA/huffpost/news_both.jsonl"
 
 # Carried packages first on the path, so they win over the image's (transformers 5.17, ...);
 # the repo itself is importable from its root, so no install is needed.
 export PYTHONPATH="$STASH/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export COMMER_CACHE_DIR=$STASH/cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 \
-  TOKENIZERS_PARALLELISM=false
+  TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1   # progress bars flood the log
 
 # ---- 2. versions ---------------------------------------------------------------------------
 say "versions"
