@@ -127,9 +127,8 @@ if [ -d "$RUN" ]; then
     if [ -f "$RUN/$c/commer_config.json" ]; then
       tar -cf "$STASH/checkpoint.tar" -C "$RUN/$c" --transform 's,^\.,checkpoint,' .
       (cd "$STASH" && sha256sum checkpoint.tar) > "$OUT/checkpoint.sha256"
-      echo "from $RUN/$c" >> "$OUT/checkpoint.sha256"
       split -b 15M -d -a 1 "$STASH/checkpoint.tar" "$OUT/checkpoint.tar.part"
-      say "checkpoint $c: $(du -h "$STASH/checkpoint.tar" | cut -f1) in $(ls "$OUT"/checkpoint.tar.part* | wc -l) part(s)"
+      say "checkpoint.tar holds $RUN/$c as checkpoint/: $(du -h "$STASH/checkpoint.tar" | cut -f1) in $(ls "$OUT"/checkpoint.tar.part* | wc -l) part(s)"
       break
     fi
   done

@@ -6,8 +6,8 @@
 set -euo pipefail
 src=${1:?usage: stash.sh .gpu/cK (the folder this call carries)}
 STASH=${GPU_STASH:-/root/w}
-mkdir -p "$STASH"
 ls "$src"/gguf.part*.sha256 >/dev/null 2>&1 || { echo "no slice in $src: was it named in carry?" >&2; exit 2; }
+mkdir -p "$STASH"
 (cd "$src" && sha256sum -c gguf.part*.sha256)
 cp -r "$src"/. "$STASH"/
 echo "stash $STASH now holds:"; ls -l "$STASH"
