@@ -67,7 +67,7 @@ export COMMER_CACHE_DIR=$STASH/cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYT
 # ---- 2. versions ---------------------------------------------------------------------------
 say "versions"
 nvidia-smi -L || echo "(no nvidia-smi)"
-"$PY" - <<'PY'
+"$PY" - <<'PY' || say "versions: failed (above); the steps run anyway"
 import importlib, importlib.metadata as md, sys
 import torch
 print(f"python {sys.version.split()[0]}  torch {torch.__version__}  cuda {torch.cuda.is_available()}"
@@ -77,8 +77,12 @@ pins = {"transformers": "5.24.0", "tokenizers": "0.23.3", "huggingface-hub": "2.
         "rank-bm25": "0.2.2", "rouge-score": "0.1.2", "nltk": "3.10.4", "pydantic": None, "pyarrow": None}
 modules = {"huggingface-hub": "huggingface_hub", "rank-bm25": "rank_bm25", "rouge-score": "rouge_score"}
 for name, pin in pins.items():
-    module = importlib.import_module(modules.get(name, name))
-    version = md.version(name)
+    try:  # one broken package must not hide the others (nor stop the steps)
+        module = importlib.import_module(modules.get(name, name))
+        version = md.version(name)
+    except Exception as exc:
+        print(f"  {name:16} IMPORT FAILED: {exc!r}")
+        continue
     flag = "" if pin in (None, version) else f"   <-- PIN MISMATCH (requirements.txt: {pin})"
     print(f"  {name:16} {version:10} {module.__file__}{flag}")
 PY
@@ -108,6 +112,7 @@ for step in "${steps[@]}"; do
       # The recipe sizes its steps to --time_budget, then probes and evaluates; keep ~60 s after
       # the budget for that, and the step's own timeout (deadline - 15 s) stops it if it overruns.
       budget=$(( $(left) - 75 )); [ "$budget" -gt "${RECIPE_BUDGET_S:-480}" ] && budget=${RECIPE_BUDGET_S:-480}
+      if [ "$budget" -lt 60 ]; then say "recipe: skipped, a budget of $budget s is too short"; RC[recipe]=skipped; continue; fi
       # shellcheck disable=SC2086
       run_step recipe 600 "$PY" -m training.recipe --time_budget "$budget" --device "$DEVICE" --output_dir "$RUN" \
         --pretrain_data "$DATA/wikitext2/test.txt" "$DATA/wikitext2/valid.txt" \
@@ -134,7 +139,7 @@ if [ -d "$RUN" ]; then
   done
 fi
 say "summary: steps $STEPS"
-for k in "${!RC[@]}"; do echo "  $k: ${RC[$k]}"; done
+for k in "${steps[@]}"; do echo "  $k: ${RC[$k]:-}"; done
 ls -l "$OUT"
 }
 # Everything printed also goes to $OUT/log.txt (the reply's output_tail keeps only the end).
