@@ -457,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieved_text_top_m", nargs="*", type=int, default=None,
                    help="With --retrieved_top_m: the in-prompt baseline with the same documents as the bm25 rows, "
                         "for these M (default: every --retrieved_top_m).")
+    p.add_argument("--example_documents", type=int, default=None,
+                   help="Build and length-filter the examples at this n even if no row uses that many documents, "
+                        "so rows can be added or left out later (--resume) on the same examples.")
     p.add_argument("--max_examples", type=int, default=400)
     p.add_argument("--max_examples_per_user", type=int, default=None)
     p.add_argument("--probe_examples", type=int, default=64, help="Target documents of the reconstruction probe (0: skip).")
@@ -491,7 +494,7 @@ def run(args) -> dict:
         raise DataError("--retrieved_top_m, --similarity_top_m and --retrieved_text_top_m take M >= 1")
     # Not the query-time rows' M: they choose among all articles, and must not change the example set.
     largest = max(args.documents + args.text_documents + args.prompt_tuning_documents
-                  + [args.other_documents, args.concat_documents])
+                  + [args.other_documents, args.concat_documents, args.example_documents or 0])
     examples = news.load(args.data, "test", largest, seed=args.seed, max_examples=args.max_examples,
                          max_examples_per_user=args.max_examples_per_user)
     if not examples:

@@ -133,12 +133,15 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
     # ...and rows saved without ROUGE are decoded again where it is asked for, and only there.
     args.output, args.no_generate, args.checkpoint_n1 = str(tmp_path / "partly"), True, None
     args.documents, args.text_documents, args.prompt_tuning_documents = [1, 4], [1], []
+    args.example_documents = 16  # the first run's examples (built at n = 16), with fewer rows
     evaluate_controls.run(args)
     scored.clear()
     args.no_generate = False
     fifth = evaluate_controls.run(args)
     assert scored == ["none", "prompt tuning (no documents)", "ComMer own 4", "ComMer other 4", "ComMer concat 4"]
     assert all(("rougeL" in r) == (r["num_documents"] in (0, 4)) for r in fifth["rows"])
+    assert fifth["header"]["largest_n"] == 16 and [r["_nll"] for r in fifth["rows"][:3]] == \
+        [rows[label]["_nll"] for label in ("none", "prompt tuning (no documents)", "ComMer own 1")]
     table = (tmp_path / "partly" / "table.md").read_text()
     assert "| ComMer own 1 |" in table and "| – | – | – |" in table and "delta_rougeL" in fifth["rows"][1]
 
