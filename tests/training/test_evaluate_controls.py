@@ -140,8 +140,9 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
     fifth = evaluate_controls.run(args)
     assert scored == ["none", "prompt tuning (no documents)", "ComMer own 4", "ComMer other 4", "ComMer concat 4"]
     assert all(("rougeL" in r) == (r["num_documents"] in (0, 4)) for r in fifth["rows"])
-    assert fifth["header"]["largest_n"] == 16 and [r["_nll"] for r in fifth["rows"][:3]] == \
-        [rows[label]["_nll"] for label in ("none", "prompt tuning (no documents)", "ComMer own 1")]
+    assert fifth["header"]["largest_n"] == 16
+    for row in fifth["rows"][:3]:  # none, prompt tuning, own 1: the same examples, so the same per-example NLL
+        assert np.allclose(row["_nll"], rows[row["label"]]["_nll"], rtol=1e-6), row["label"]
     table = (tmp_path / "partly" / "table.md").read_text()
     assert "| ComMer own 1 |" in table and "| – | – | – |" in table and "delta_rougeL" in fifth["rows"][1]
 
