@@ -135,7 +135,7 @@ def bootstrap(rows: list[dict], reference: dict, other: dict | None, resamples: 
         own_other = ref_ppl / token_perplexity(other["_nll"], other["_tokens"], idx)
         reference["own_other_perplexity_ratio"] = reference["perplexity"] / other["perplexity"]
         reference["own_other_perplexity_ratio_ci"] = interval(own_other)
-        if reference.get("_rougeL") is not None:
+        if reference.get("_rougeL") is not None and other.get("_rougeL") is not None:
             r_own, r_other = reference["_rougeL"][idx].mean(1), other["_rougeL"][idx].mean(1)
             reference["own_other_rougeL_ratio"] = float(reference["_rougeL"].mean() / max(other["_rougeL"].mean(), 1e-12))
             reference["own_other_rougeL_ratio_ci"] = interval(r_own / np.maximum(r_other, 1e-12))
