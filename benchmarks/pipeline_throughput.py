@@ -90,6 +90,10 @@ def main(argv=None) -> str:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="auto: bfloat16 on CUDA, float32 elsewhere (as the job).")
+    parser.add_argument("--loop_only", action="store_true",
+                        help="Only the reference and the bare loop rows: no Beam job (a machine without apache-beam, "
+                             "such as the GPU kit's, tools/gpu).")
+    parser.add_argument("--output", default=None, help="Also write the table (markdown, with its heading line) here.")
     args = parser.parse_args(argv)
     modes = parse_modes(f"count:{args.batch_size}" if args.batch_size else args.modes)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -114,7 +118,9 @@ def main(argv=None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = write_jsonl(docs, f"{tmp}/docs.jsonl")
         for r in range(args.rounds):
-            startups.append(run_job(write_jsonl(docs[:1], f"{tmp}/one.jsonl"), f"{tmp}/one-{r}", common)[0]["wall_s"])
+            if not args.loop_only:
+                startups.append(run_job(write_jsonl(docs[:1], f"{tmp}/one.jsonl"), f"{tmp}/one-{r}",
+                                        common)[0]["wall_s"])
             for kind, size in modes[r % len(modes):] + modes[: r % len(modes)]:
                 packed = kind == "packed"
                 batches = loop_batches(kind, size, lengths, K)
@@ -122,19 +128,24 @@ def main(argv=None) -> str:
                 peak_memory_reset(device)
                 loop, _ = compress_seconds(model, ids, batches, packed=packed)
                 loop_memory = peak_memory_mib(device)
-                job, summary = run_job(corpus, f"{tmp}/out-{kind}-{size}-{r}", common + job_flags(kind, size))
                 mode = (kind, size)
                 loop_best[mode] = min(loop_best.get(mode, float("inf")), loop)
+                runs[mode] = (batches, loop_memory, None, None)
+                if args.loop_only:
+                    continue
+                job, summary = run_job(corpus, f"{tmp}/out-{kind}-{size}-{r}", common + job_flags(kind, size))
                 job_best[mode] = min(job_best.get(mode, float("inf")), job["wall_s"])
                 runs[mode] = (batches, loop_memory, job, summary)
-    startup = min(startups)
+    startup = min(startups) if startups else 0.0
     measured = []  # what, batching, documents, document tokens, seconds, job ÷ loop, padding eff., GPU MiB
     for kind, size in modes:
         batches, loop_memory, job, summary = runs[(kind, size)]
-        loop, job_seconds = loop_best[(kind, size)], job_best[(kind, size)] - startup
-        job_n = summary["documents_compressed"]
-        measured.append(["bare compress loop", f"{kind} {size}", n, tokens, loop, "",
+        measured.append(["bare compress loop", f"{kind} {size}", n, tokens, loop_best[(kind, size)], "",
                          padding_efficiency(lengths, batches, K, kind == "packed"), loop_memory])
+        if args.loop_only:
+            continue
+        job_seconds, job_n = job_best[(kind, size)] - startup, summary["documents_compressed"]
+        loop = loop_best[(kind, size)]
         measured.append(["compress_users (FnApiRunner, minus start-up)", f"{kind} {size}", job_n,
                          summary["counters"]["tokens"], job_seconds, (job_n / job_seconds) / (n / loop),
                          summary["padding_efficiency"], job.get("peak_gpu_mib", 0.0)])
@@ -148,16 +159,22 @@ def main(argv=None) -> str:
     rows = [[what, batching, docs_n / sec, doc_tokens / sec, (docs_n / sec) / (n / reference), vs_loop, padding,
              2 * params * (doc_tokens + K * docs_n) / sec / rate, memory]
             for what, batching, docs_n, doc_tokens, sec, vs_loop, padding, memory in measured]
-    print(f"\n{n} documents, {tokens / n:.1f} tokens/document (min {min(lengths)}, max {max(lengths)}), K={K}, "
-          f"{dtype} on {device}, threads={torch.get_num_threads()}, matmul {rate / 1e9:.0f} GFLOP/s; job start-up "
-          f"{startup:.1f} s (subtracted), best of {args.rounds} round(s)")
+    head = (f"{n} documents, {tokens / n:.1f} tokens/document (min {min(lengths)}, max {max(lengths)}), K={K}, "
+            f"{dtype} on {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}), "
+            f"threads={torch.get_num_threads()}, matmul {rate / 1e9:.0f} GFLOP/s; "
+            + ("Beam job rows not run (--loop_only)" if args.loop_only else f"job start-up {startup:.1f} s (subtracted)")
+            + f", best of {args.rounds} round(s)")
+    print("\n" + head)
     headers = ["what", "batching", "docs/s", "doc tokens/s", "÷ reference docs/s", "job ÷ bare loop", "padding eff.",
                "FLOP util."]
     if device.type == "cuda":
         headers.append("peak GPU MiB")
     else:
         rows = [row[:-1] for row in rows]
-    return print_table(headers, rows)
+    table = print_table(headers, rows)
+    if args.output:
+        Path(args.output).write_text(head + "\n\n" + table + "\n")
+    return table
 
 
 if __name__ == "__main__":

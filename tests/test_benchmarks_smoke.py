@@ -53,6 +53,16 @@ def test_pipeline_throughput_smoke(news):
     assert all(0 < float(r[6]) <= 1 for r in rows) and float(rows[-1][6]) == 1  # packed: no padding
 
 
+def test_pipeline_throughput_loop_only_runs_no_job(news, tmp_path):
+    from benchmarks import pipeline_throughput
+    out = tmp_path / "table.md"
+    rows = _rows(pipeline_throughput.main(["--data", news, "--documents", "12", "--device", "cpu", "--loop_only",
+                                           "--modes", "count:4,packed:200", "--output", str(out)]))
+    assert [r[:2] for r in rows] == [["raw forward, documents + K (reference)", "count 4"],
+                                     ["bare compress loop", "count 4"], ["bare compress loop", "packed 200"]]
+    assert "Beam job rows not run (--loop_only)" in out.read_text()
+
+
 def test_refresh_cost_smoke(news):
     from benchmarks import refresh_cost
     rows = _rows(refresh_cost.main(["--data", news, "--documents", "40", "--fractions", "0.05"]))

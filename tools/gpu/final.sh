@@ -4,7 +4,7 @@
 # leave logs, tables and the trained checkpoint in $OUT (at most 8 files, each < 16 MiB).
 #   usage: bash tools/gpu/final.sh .gpu/cN [STEPS]     STEPS: comma list, default check,throughput,recipe
 #     check       bundled checkpoint on the GPU: backbone identity, fingerprint, compress + generate
-#     throughput  tools/gpu/loop_throughput.py (benchmarks.pipeline_throughput's Beam-free loop rows)
+#     throughput  benchmarks.pipeline_throughput --loop_only (its Beam-free rows: reference + bare loop)
 #     recipe      python -m training.recipe, its --time_budget capped so it ends by the deadline
 #     none        assemble and print versions only
 #   env: GPU_STASH (/root/w), GPU_DEADLINE_S (560: every step ends by then; run the call with timeout_s=600),
@@ -105,7 +105,7 @@ for step in "${steps[@]}"; do
     check) run_step check 240 "$PY" tools/gpu/check.py --device "$DEVICE" ;;
     throughput)
       # shellcheck disable=SC2086  # THROUGHPUT_ARGS is a list of flags
-      run_step throughput "${THROUGHPUT_MAX_S:-180}" "$PY" tools/gpu/loop_throughput.py --device "$DEVICE" \
+      run_step throughput "${THROUGHPUT_MAX_S:-180}" "$PY" -m benchmarks.pipeline_throughput --loop_only --device "$DEVICE" \
         --data "$DATA/huffpost/news_both.jsonl" --output "$OUT/throughput.md" \
         ${THROUGHPUT_ARGS:---documents 8192 --rounds 2 --modes count:1024,tokens:16384,tokens:65536,packed:4096} ;;
     recipe)
