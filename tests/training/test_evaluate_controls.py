@@ -2,6 +2,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from training import evaluate_controls
@@ -165,7 +166,6 @@ def test_other_author_documents_come_from_another_test_author(tmp_path):
 
 
 def test_bootstrap_statistic_is_token_level():
-    import numpy as np
     nll, tokens = np.array([2.0, 10.0]), np.array([1.0, 4.0])
     assert evaluate_controls.token_perplexity(nll, tokens) == pytest.approx(np.exp(12 / 5))
     idx = np.array([[0, 0], [1, 1]])
