@@ -97,30 +97,30 @@ def score_examples(model, method: str, examples: list[Example], num_documents: i
         ans = [e.answer for e in batch]
         out["prompt_tokens"] += [prompt_tokens(model, method, d, x) for d, x in zip(docs, ins)]
         out["documents"] += [len(d) for d in docs]
-        if method == "prompt_tuning":
-            nll, count = model.answer_nll(docs, ins, ans)
-            if generate:
-                out["predictions"] += model.generate(docs, ins, max_new_tokens=max_new_tokens)
-        elif method == "text":
+        if method == "text":
             # Documents as text need the prompt-tuning prompt limit, not the checkpoint's (which
             # would cut the documents from the left).
             prompts = [documents_as_text(d, x) for d, x in zip(docs, ins)]
             limit = max(model.config.max_prompt_tokens, MAX_PROMPT_TOKENS)
-            nll, count = model.answer_nll([None] * len(batch), prompts, ans, max_prompt_tokens=limit)
-            if generate:
-                out["predictions"] += model.generate([None] * len(batch), prompts, max_new_tokens=max_new_tokens,
-                                                     max_prompt_tokens=limit)
-        else:
-            soft = soft_prompts(model, method, docs)
-            nll, count = model.answer_nll(soft, ins, ans)
-            if generate:
-                out["predictions"] += model.generate(soft, ins, max_new_tokens=max_new_tokens)
-        out["nll"] += nll.float().cpu().tolist()
-        out["tokens"] += count.cpu().tolist()
+            score_batch(model, [None] * len(batch), prompts, ans, generate, max_new_tokens, out, max_prompt_tokens=limit)
+        else:  # prompt tuning takes the documents themselves where ComMer takes soft prompts
+            score_batch(model, docs if method == "prompt_tuning" else soft_prompts(model, method, docs), ins, ans,
+                        generate, max_new_tokens, out)
         if progress is not None:
             progress(min(start + batch_size, len(examples)), len(examples))
     out["seconds"] = round(time.time() - started, 1)
     return out
+
+
+def score_batch(model, prompts: list, instructions: list[str], answers: list[str], generate: bool,
+                max_new_tokens: int, out: dict, **limits) -> None:
+    """One batch: answer NLL, answer token counts and (if `generate`) greedy answers, appended to `out`.
+    `prompts` is what the model puts before the instruction (soft prompts; prompt tuning: documents)."""
+    nll, count = model.answer_nll(prompts, instructions, answers, **limits)
+    if generate:
+        out["predictions"] += model.generate(prompts, instructions, max_new_tokens=max_new_tokens, **limits)
+    out["nll"] += nll.float().cpu().tolist()
+    out["tokens"] += count.cpu().tolist()
 
 
 def evaluate(model, method: str, examples: list[Example], num_documents: int, batch_size: int = 16,

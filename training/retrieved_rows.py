@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from commer.retrieval import order_by_doc_id, retrieved_soft_prompt, top_m_by_bm25, top_m_by_similarity
-from training.evaluate_task import prompt_tokens, score_examples
+from training.evaluate_task import prompt_tokens, score_batch, score_examples
 from training.tasks import DataError, Example
 from training.tasks import news
 
@@ -119,11 +119,7 @@ class RetrievedScorer:
                 out["prompt_tokens"].append(prompt_tokens(model, "commer", docs, e.instruction))
                 own = set(e.documents[:len(docs)])  # own M's documents (fewer when M exceeds the largest own n)
                 out["overlap"].append(sum(d in own for d in docs) / len(docs) if docs else 0.0)
-            nll, count = model.answer_nll(soft, ins, ans)
-            if generate:
-                out["predictions"] += model.generate(soft, ins, max_new_tokens=max_new_tokens)
-            out["nll"] += nll.float().cpu().tolist()
-            out["tokens"] += count.cpu().tolist()
+            score_batch(model, soft, ins, ans, generate, max_new_tokens, out)
             if progress is not None:
                 progress(min(start + batch_size, len(examples)), len(examples))
         # Compressing the authors' articles once is shared by every row: counted apart (pool_seconds).
