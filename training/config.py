@@ -43,6 +43,12 @@ class TrainConfig(BaseModel):
     max_examples_per_user: Optional[int] = Field(None, ge=1, description="Cap on examples per user (news), so "
                                                                          "prolific authors do not dominate.")
     val_examples: int = Field(64, ge=1, description="Validation examples used for perplexity (paper: 1024).")
+    autoencoding_data: list[str] = Field(default_factory=list, description=(
+        "Auto-encoding corpus file(s) (as for task=pretrain) mixed into this task's training examples: "
+        "single-document reconstruction examples, so task fine-tuning does not erase what a compression "
+        "keeps of its document (it did: held-out reconstruction 10 after pretraining, 48 after news)."))
+    autoencoding_ratio: float = Field(0.0, ge=0.0, description=(
+        "Auto-encoding examples added per task training example (0: none). Validation stays on the task."))
 
     # ---- model ----------------------------------------------------------------------
     init_checkpoint: Optional[str] = Field(None, description="Start from this ComMer checkpoint (e.g. fine-tune "
@@ -94,6 +100,15 @@ class TrainConfig(BaseModel):
         if self.num_documents == 0 and (self.method != "prompt_tuning" or self.task != "news"):
             raise ValueError("num_documents=0 is only for method=prompt_tuning with task=news "
                              "(the no-documents baseline)")
+        return self
+
+    @model_validator(mode="after")
+    def _autoencoding_mix(self) -> "TrainConfig":
+        # Mixing keeps the compressor compressing; prompt tuning has no compressor, pretraining is all of it.
+        if self.autoencoding_ratio > 0 and not self.autoencoding_data:
+            raise ValueError("autoencoding_ratio > 0 needs autoencoding_data (corpus files to reconstruct)")
+        if self.autoencoding_ratio > 0 and (self.method != "commer" or self.task == "pretrain"):
+            raise ValueError("autoencoding_ratio is for method=commer on a task other than pretrain")
         return self
 
     # ---- I/O ---------------------------------------------------------------------------

@@ -9,8 +9,11 @@ Stage 1 teaches the compressor to compress: single-document auto-encoding ("What
 1 contain?" → the document) on WikiText plus the training authors' news documents, so a
 compression has to carry its document's specifics -- its validation perplexity is the
 single-document reconstruction perplexity, the leading indicator. Stage 2 fine-tunes on the
-news-headline task (training authors, BM25 top-n of their other articles). Then the model is
-evaluated (training.evaluate_controls when its data is given).
+news-headline task (training authors, BM25 top-n of their other articles) with auto-encoding
+examples still mixed in: news alone took held-out reconstruction from 10 back to 48 (the
+compressor became a task-prompt generator). The baseline stage trains prompt tuning without
+documents for as many news steps, so the evaluation's task-only row had the same training.
+Then both are evaluated (training.evaluate_controls).
 
 The budget is split between the stages by `stage_shares`; each stage's step count comes from
 seconds per optimizer step measured at the start (a few calibration steps on this hardware),
@@ -83,6 +86,12 @@ class RecipeConfig(BaseModel):
     lr_embeddings: float = Field(1e-2, gt=0, description="Peak compression-embedding learning rate.")
     pretrain_documents: int = Field(1, ge=1, description="Documents merged per auto-encoding example.")
     news_documents: int = Field(4, ge=1, description="Documents merged per news example (BM25 top-n).")
+    stage2_autoencoding: float = Field(0.5, ge=0, description="Stage 2: auto-encoding examples (stage 1's corpus) "
+                                                              "mixed in per news example, so the news task does "
+                                                              "not erase what compressions keep (0: news only).")
+    baseline: bool = Field(True, description="Also train the prompt-tuning baseline without documents (K soft "
+                                             "tokens, task adaptation only) for as many news steps as stage 2, "
+                                             "and evaluate it beside ComMer.")
     max_document_tokens: int = Field(64, ge=1, description="Documents are cut to this many tokens.")
     batch_size: int = Field(16, ge=1, description="Examples per optimizer step.")
     micro_batch_size: int = Field(16, ge=1, description="Examples per forward/backward.")
@@ -168,9 +177,20 @@ def stage_configs(recipe: RecipeConfig, out: Path, steps: tuple[int, int]) -> tu
     stage2 = TrainConfig(
         task="news", data=list(recipe.news_data), num_documents=recipe.news_documents,
         max_examples_per_user=recipe.max_examples_per_user, init_checkpoint=str(out / "stage1" / "final"),
+        autoencoding_data=corpus if recipe.stage2_autoencoding else [],
+        autoencoding_ratio=recipe.stage2_autoencoding,
         max_steps=s2, eval_every=max(1, s2 // recipe.evaluations_per_stage), save_every=max(1, s2 // 20),
         output_dir=str(out / "stage2"), **common)
     return stage1, stage2
+
+
+def baseline_config(recipe: RecipeConfig, out: Path, steps: int) -> TrainConfig:
+    """Prompt tuning without documents: K soft tokens, the same news examples' instructions and
+    answers, as many optimizer steps as stage 2 (its own learning rate, the paper's 3e-2)."""
+    stage2 = stage_configs(recipe, out, (1, steps))[1]
+    return stage2.model_copy(update={
+        "method": "prompt_tuning", "num_documents": 0, "init_checkpoint": None,
+        "autoencoding_data": [], "autoencoding_ratio": 0.0, "output_dir": str(out / "baseline")})
 
 
 def stage_timing(config: TrainConfig, steps: int) -> tuple[float, float]:
@@ -212,13 +232,15 @@ def make_plan(recipe: RecipeConfig, out: Path) -> dict:
     calibration = 10 if recipe.resolved_device() == "cuda" else 2
     probe1, probe2 = stage_configs(recipe, out, (1, 1))
     (t1, v1), (t2, v2) = stage_timing(probe1, calibration), stage_timing(probe2, calibration)
+    # The baseline runs as many steps as stage 2, paid from stage 2's share.
+    tb, vb = stage_timing(baseline_config(recipe, out, 1), calibration) if recipe.baseline else (0.0, 0.0)
     share1, share2 = recipe.stage_shares
     # Each stage validates at step 0 and `evaluations_per_stage` times more; that time comes off its share.
     validations = recipe.evaluations_per_stage + 1
     plan = {
-        "budget_s": budget, "seconds_per_step": [t1, t2], "seconds_per_validation": [v1, v2],
+        "budget_s": budget, "seconds_per_step": [t1, t2, tb], "seconds_per_validation": [v1, v2, vb],
         "stage1_steps": max(1, int((budget * share1 - validations * v1) / t1)),
-        "stage2_steps": max(1, int((budget * share2 - validations * v2) / t2)),
+        "stage2_steps": max(1, int((budget * share2 - validations * (v2 + vb)) / (t2 + tb))),
         "device": recipe.resolved_device(), "dtype": recipe.resolved_dtype(), "hardware": hardware(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -235,10 +257,10 @@ def hardware() -> str:
 
 
 def combined_metrics(out: Path) -> Path:
-    """metrics.jsonl of both stages, each record tagged with its stage."""
+    """metrics.jsonl of the stages (and the baseline), each record tagged with its stage."""
     target = out / "metrics.jsonl"
     with target.open("w") as f:
-        for stage in ("stage1", "stage2"):
+        for stage in ("stage1", "stage2", "baseline"):
             source = out / stage / "metrics.jsonl"
             if source.exists():
                 for line in source.read_text().splitlines():
@@ -247,7 +269,8 @@ def combined_metrics(out: Path) -> Path:
 
 
 def plot_validation(metrics: Path, target: Path) -> None:
-    """Validation perplexity against steps, one panel per stage (stage 1 = reconstruction)."""
+    """Validation perplexity against steps, one panel per stage (stage 1 = reconstruction); the
+    baseline (prompt tuning, no documents) shares stage 2's panel: same validation examples."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -255,12 +278,16 @@ def plot_validation(metrics: Path, target: Path) -> None:
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     titles = {"stage1": "stage 1: single-document reconstruction", "stage2": "stage 2: news headlines"}
-    for ax, stage in zip(axes, ("stage1", "stage2")):
-        points = [(r["step"], r["val_ppl"]) for r in rows if r["stage"] == stage and "val_ppl" in r]
-        if points:
-            ax.plot(*zip(*points), marker="o")
-            ax.set_yscale("log")
-        ax.set_title(titles[stage])
+    labels = {"stage1": "ComMer", "stage2": "ComMer (own documents)", "baseline": "prompt tuning, no documents"}
+    for ax, stages in zip(axes, (("stage1",), ("stage2", "baseline"))):
+        for stage in stages:
+            points = [(r["step"], r["val_ppl"]) for r in rows if r["stage"] == stage and "val_ppl" in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=labels[stage])
+                ax.set_yscale("log")
+        if len(stages) > 1:
+            ax.legend()
+        ax.set_title(titles[stages[0]])
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("validation perplexity (log)")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -277,8 +304,12 @@ def run(recipe: RecipeConfig) -> dict:
     plan = make_plan(recipe, out)
     stage1, stage2 = stage_configs(recipe, out, (plan["stage1_steps"], plan["stage2_steps"]))
     summaries = []
-    for config in (stage1, stage2):
-        log.info("%s: %d steps of task %r", Path(config.output_dir).name, config.max_steps, config.task)
+    stages = [stage1, stage2]
+    if recipe.baseline:
+        stages.append(baseline_config(recipe, out, plan["stage2_steps"]))
+    for config in stages:
+        log.info("%s: %d steps of task %r (%s)", Path(config.output_dir).name, config.max_steps, config.task,
+                 config.method)
         summaries.append(train(config))
     final = out / "final"
     if final.exists():
@@ -292,12 +323,16 @@ def run(recipe: RecipeConfig) -> dict:
     metrics = combined_metrics(out)
     plot_validation(metrics, out / "validation_perplexity.png")
     if recipe.probe_examples:
+        # After stage 1 as well: whether the compressor compresses, and how much of it stage 2 keeps.
+        record["reconstruction_probe_stage1"] = probe(recipe, out / "stage1" / "final")
         record["reconstruction_probe"] = probe(recipe, final)
-        log.info("single-document reconstruction on held-out news: %s", record["reconstruction_probe"])
+        log.info("single-document reconstruction on held-out news: after stage 1 %s; final %s",
+                 record["reconstruction_probe_stage1"], record["reconstruction_probe"])
     (out / "recipe_summary.json").write_text(json.dumps(record, indent=2, default=str))
     if recipe.eval_examples:
+        baseline = ["--prompt_tuning_nodocs", str(out / "baseline" / "final")] if recipe.baseline else []
         evaluate_controls.main([
-            "--data", *recipe.news_data, "--checkpoint", str(final), "--output", str(out / "evaluation"),
+            "--data", *recipe.news_data, "--checkpoint", str(final), "--output", str(out / "evaluation"), *baseline,
             "--max_examples", str(recipe.eval_examples), "--device", recipe.resolved_device(),
             "--num_threads", str(recipe.num_threads), "--seed", str(recipe.seed), "--resume"])
     return record

@@ -85,6 +85,21 @@ def example_nll(model, examples: list[Example]) -> tuple[torch.Tensor, torch.Ten
     return model.answer_nll(model.merge_documents(docs), ins, ans)
 
 
+def autoencoding_examples(config: TrainConfig, num_task_examples: int) -> list[Example]:
+    """Single-document reconstruction examples to mix into a task's training set (seeded sample of
+    `autoencoding_ratio` per task example); the batch order then interleaves them at random."""
+    if not config.autoencoding_ratio:
+        return []
+    wanted = max(1, round(config.autoencoding_ratio * num_task_examples))
+    pretrain = config.model_copy(update={"task": "pretrain", "data": list(config.autoencoding_data),
+                                         "num_documents": 1, "val_data": [], "pretrain_passes": 1})
+    examples = load_examples(pretrain, "train", wanted)
+    if not examples:
+        raise DataError(f"{config.autoencoding_data}: no auto-encoding examples to mix in")
+    log.info("mixing %d auto-encoding examples into %d %s examples", len(examples), num_task_examples, config.task)
+    return examples
+
+
 @torch.no_grad()
 def validation_perplexity(model, examples: list[Example], batch_size: int) -> float:
     """Token-level perplexity exp(sum NLL / sum tokens) of the reference answers."""
@@ -187,6 +202,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     val_examples = load_examples(config, "val", config.val_examples)
     if not train_examples:
         raise DataError(f"{config.data}: no training examples for task {config.task!r}")
+    train_examples += autoencoding_examples(config, len(train_examples))
     if not val_examples:
         raise DataError(f"{config.data}: no validation examples for task {config.task!r}")
 

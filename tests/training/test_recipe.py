@@ -39,12 +39,23 @@ def test_recipe_runs_both_stages_within_the_plan_and_resumes(tiny_backbone, tmp_
     assert [s["task"] for s in config["training"]["stages"]] == ["pretrain", "news"]
     assert config["training"]["stages"][0]["steps"] == plan["stage1_steps"]
     assert config["training"]["recipe"]["plan"]["hardware"]
+    # Stage 2 mixed stage 1's auto-encoding corpus into the news examples (default 0.5 per example).
+    news_stage = config["training"]["stages"][1]["config"]
+    assert news_stage["autoencoding_ratio"] == 0.5
+    assert news_stage["autoencoding_data"] == config["training"]["stages"][0]["data"]
+    # The baseline: prompt tuning without documents, as many news steps as stage 2.
+    baseline = json.loads((out / "baseline" / "final" / "prompt_tuning.json").read_text())
+    assert baseline["method"] == "prompt_tuning"
+    assert baseline["training"]["stages"][-1]["num_documents"] == 0
+    assert baseline["training"]["stages"][-1]["planned_steps"] == plan["stage2_steps"]
+    assert len(plan["seconds_per_step"]) == 3
     stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert stages == {"stage1", "stage2"}
+    assert stages == {"stage1", "stage2", "baseline"}
     assert (out / "validation_perplexity.png").stat().st_size > 0
     assert record["plan"] == plan
     probe = record["reconstruction_probe"]
     assert probe["perplexity"] > 0 and probe["reference_perplexity"] > 0
+    assert record["reconstruction_probe_stage1"]["examples"] == probe["examples"]
 
     # Rerunning the same command keeps the plan and finds both stages done.
     again = run(recipe)
@@ -59,6 +70,7 @@ def test_recipe_continues_from_an_earlier_stage1(tiny_backbone, tmp_path, monkey
         news_data=[str(FIXTURES / "news.jsonl")], num_compression_tokens=2, lora_r=4, lora_alpha=4,
         lora_target_modules=["q_proj", "v_proj"], batch_size=4, micro_batch_size=4, val_examples=4,
         evaluations_per_stage=1, news_documents=2, num_threads=1, probe_examples=0, eval_examples=0,
+        baseline=False, stage2_autoencoding=0,
     )
     first = tmp_path / "first"
     run(RecipeConfig(output_dir=str(first), **common))

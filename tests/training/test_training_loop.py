@@ -145,3 +145,19 @@ def test_evaluate_shows_a_progress_bar(tiny_model, capsys):
     assert "evaluate none n=0" in err and "4/4" in err
     evaluate(tiny_model, "none", _examples(2), 0, batch_size=2, max_new_tokens=2, generate=False, progress=False)
     assert "evaluate" not in capsys.readouterr().err
+
+
+def test_autoencoding_examples_mixed_into_a_task(tmp_path):
+    """autoencoding_ratio: single-document reconstruction examples join a task's training set, so
+    task fine-tuning keeps the compressor compressing."""
+    config = TrainConfig(task="news", data=["unused.jsonl"], autoencoding_data=[str(F / "wikitext_sample.txt")],
+                         autoencoding_ratio=0.5)
+    mixed = train_mod.autoencoding_examples(config, 10)
+    assert len(mixed) == 5
+    assert all(len(e.documents) == 1 and e.answer and e.answer in e.documents[0] for e in mixed)
+    assert len({e.instruction for e in mixed}) == 1   # "What does document 1 contain?"-style, one template
+    assert train_mod.autoencoding_examples(config.model_copy(update={"autoencoding_ratio": 0.0}), 10) == []
+    with pytest.raises(ValueError, match="needs autoencoding_data"):
+        TrainConfig(task="news", autoencoding_ratio=0.5)
+    with pytest.raises(ValueError, match="method=commer on a task other than pretrain"):
+        TrainConfig(task="news", method="prompt_tuning", autoencoding_data=["x.txt"], autoencoding_ratio=0.5)

@@ -127,6 +127,10 @@ done
 if [ -d "$RUN" ]; then
   # The run folder without weights (plan, summary, metrics, plot, evaluation) ...
   tar -czf "$OUT/recipe_run.tgz" --exclude='*.safetensors' -C "$(dirname "$RUN")" "$(basename "$RUN")"
+  # ... the prompt-tuning baseline's weights (K soft tokens: a few KiB) ...
+  if [ -f "$RUN/baseline/final/prompt_tuning.json" ]; then
+    tar -czf "$OUT/baseline.tgz" -C "$RUN" baseline/final
+  fi
   # ... and the newest complete checkpoint, as a tar split under the 16 MiB a returned file may have.
   for c in final stage2/final stage2/best stage2/last stage1/final stage1/best stage1/last; do
     if [ -f "$RUN/$c/commer_config.json" ]; then
