@@ -206,18 +206,33 @@ def score_row(label: str, group: str, model, method: str, examples: list[Example
     return row
 
 
+# Rows that never read the ComMer checkpoint's trained weights: they depend on its backbone and
+# generator settings only, so a new checkpoint on the same backbone reuses them.
+CHECKPOINT_FREE = ("none", "text", "prompt_tuning", "text_retrieved_bm25")
+
+
 class RowCache:
     """Each scored row (with its per-example arrays) saved as it finishes, so a killed run can
     go on with --resume; rows are reused only when the run's signature (checkpoint, data,
-    examples, settings) and the row's own model are the same."""
+    examples, settings) and the row's own model are the same. A checkpoint-free row (no
+    personalization, documents as text, prompt tuning) is keyed on `backbone` (the backbone's
+    content hash and generator settings) instead of the checkpoint."""
 
-    def __init__(self, folder: Path, signature: dict):
-        self.folder, self.signature = folder, signature
+    def __init__(self, folder: Path, signature: dict, backbone: dict | None = None):
+        self.folder, self.signature, self.backbone = folder, signature, backbone
+
+    def _expected(self, model: str | None, checkpoint_free: bool) -> dict:
+        signature = dict(self.signature)
+        if checkpoint_free and self.backbone is not None:
+            del signature["checkpoint"], signature["fingerprint"]
+            signature["backbone"] = self.backbone
+        return {**signature, "model": model}
 
     def _path(self, label: str) -> Path:
         return self.folder / (re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") + ".json")
 
-    def get(self, label: str, model: str | None = None, decoded: bool = False) -> dict | None:
+    def get(self, label: str, model: str | None = None, decoded: bool = False,
+            checkpoint_free: bool = False) -> dict | None:
         """`model`: the folder a row scores with when it is not the run's checkpoint (prompt tuning,
         Figure 6), so adding or changing it re-scores only its own rows. `decoded`: the row needs
         ROUGE; a saved row with ROUGE also serves a row that does not."""
@@ -227,18 +242,18 @@ class RowCache:
         saved = json.loads(path.read_text())
         signature = dict(saved.get("signature", {}))
         saved_decoded = not signature.pop("no_generate", True)
-        if signature != {**self.signature, "model": model} or (decoded and not saved_decoded):
+        if signature != self._expected(model, checkpoint_free) or (decoded and not saved_decoded):
             return None
         row = saved["row"]
         for key, values in saved["arrays"].items():
             row[key] = np.asarray(values, float)
         return row
 
-    def put(self, row: dict, model: str | None = None) -> None:
+    def put(self, row: dict, model: str | None = None, checkpoint_free: bool = False) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         arrays = {k: v.tolist() for k, v in row.items() if k.startswith("_")}
         tmp = self._path(row["label"]).with_suffix(".tmp")
-        signature = {**self.signature, "model": model, "no_generate": "rougeL" not in row}
+        signature = {**self._expected(model, checkpoint_free), "no_generate": "rougeL" not in row}
         tmp.write_text(json.dumps({"signature": signature, "row": public(row), "arrays": arrays}))
         os.replace(tmp, self._path(row["label"]))
 
@@ -530,14 +545,17 @@ def run(args) -> dict:
     partial = RowCache(folder / "partial", {
         "checkpoint": checkpoint, "fingerprint": model.config.fingerprint, "data": [str(d) for d in args.data],
         "examples": [e.example_id for e in examples], "other_documents": args.other_documents,
-        "max_new_tokens": args.max_new_tokens})
+        "max_new_tokens": args.max_new_tokens}, backbone={
+        "hash": model.identity.content_hash,
+        **model.config.model_dump(include={"prompt_template", "max_prompt_tokens", "max_answer_tokens"})})
     pt_models: dict[str, PromptTuning] = {}
     pools = AuthorPools(model, articles, args.batch_size)  # compresses an author's articles on first use
     rows = []
     for i, (label, group, method, n, exs) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {label}", file=sys.stderr, flush=True)
         path = None if method != "prompt_tuning" else pt_nodocs if group == "prompt_tuning_nodocs" else args.prompt_tuning
-        if args.resume and (done := partial.get(label, path, decodes(args, n, method))) is not None:
+        free = method in CHECKPOINT_FREE
+        if args.resume and (done := partial.get(label, path, decodes(args, n, method), free)) is not None:
             log.info("%s: kept from an earlier run (--resume)", label)
             rows.append(done)
             continue
@@ -548,7 +566,7 @@ def run(args) -> dict:
             scorer = pt_models[path]
         rows.append(score_row(label, group, scorer, method, exs, n, args,
                               RetrievedScorer(pools) if method in RULES else score_examples))
-        partial.put(rows[-1], path)
+        partial.put(rows[-1], path, free)
     reference = next(r for r in rows if r["label"] == REFERENCE)
     bootstrap(rows, reference, next(r for r in rows if r["group"] == "other"), args.resamples, args.seed)
 

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from training import evaluate_controls
 from training.probes import reconstruction_examples, reconstruction_perplexity
@@ -146,6 +147,19 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
         assert np.allclose(row["_nll"], rows[row["label"]]["_nll"], rtol=1e-6), row["label"]
     table = (tmp_path / "partly" / "table.md").read_text()
     assert "| ComMer own 1 |" in table and "| – | – | – |" in table and "delta_rougeL" in fifth["rows"][1]
+
+    # A new checkpoint on the same backbone re-scores only the rows that read its weights: no
+    # personalization, prompt tuning and documents as text are kept.
+    from commer import ComMer
+    changed = ComMer.from_pretrained(tiny_checkpoint, cache=commer_cache)
+    with torch.no_grad():
+        changed.compression_embeddings.add_(0.01)
+    changed.save_pretrained(str(tmp_path / "changed"))
+    scored.clear()
+    args.checkpoint = str(tmp_path / "changed")
+    sixth = evaluate_controls.run(args)
+    assert scored == ["ComMer own 1", "ComMer own 4", "ComMer other 4", "ComMer concat 4"]
+    assert [r["perplexity"] for r in sixth["rows"][:2]] == [r["perplexity"] for r in fifth["rows"][:2]]
 
 
 def test_other_author_documents_come_from_another_test_author(tmp_path):
