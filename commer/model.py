@@ -102,6 +102,23 @@ class ComMer(nn.Module):
         model.eval()
         return model
 
+    def grow_compression_tokens(self, K: int) -> None:
+        """Grow to K compression slots; new slot i starts as trained slot i mod the old K.
+
+        Why repeat rather than start fresh: under the causal mask slot i only sees the document
+        and slots before it, so the first old-K slots still compress exactly as the trained
+        model did, and the generator's soft prompt starts as the one it was trained on plus
+        extra slots -- a larger K continues a trained compressor instead of restarting it.
+        """
+        old = self.K
+        if K < old:
+            raise ValueError(f"cannot grow {old} compression tokens to {K}: fewer slots would drop trained ones")
+        if K == old:
+            return
+        rows = torch.arange(K, device=self.device) % old
+        self.compression_embeddings = nn.Parameter(self.compression_embeddings.detach()[rows].clone())
+        self.config = self.config.model_copy(update={"num_compression_tokens": K})
+
     def save_pretrained(self, path: str, weights_dtype: str = "float32") -> None:
         """weights_dtype="bfloat16" halves the files (see commer.checkpoint.save_checkpoint)."""
         save_checkpoint(self, path, weights_dtype)

@@ -53,6 +53,10 @@ class TrainConfig(BaseModel):
     # ---- model ----------------------------------------------------------------------
     init_checkpoint: Optional[str] = Field(None, description="Start from this ComMer checkpoint (e.g. fine-tune "
                                                              "after pretraining); model fields below are then ignored.")
+    grow_compression_tokens: Optional[int] = Field(None, ge=1, description=(
+        "With init_checkpoint: grow its K to this many compression tokens, repeating the trained "
+        "embeddings (commer.model.ComMer.grow_compression_tokens), so a larger K starts from a trained "
+        "compressor; None keeps the checkpoint's K."))
     backbone: str = Field("default", description="Backbone reference for a fresh model.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Backbone precision.")
     num_compression_tokens: int = Field(8, ge=1, description="K (ComMer) or soft-prompt length (prompt tuning).")
@@ -109,6 +113,14 @@ class TrainConfig(BaseModel):
             raise ValueError("autoencoding_ratio > 0 needs autoencoding_data (corpus files to reconstruct)")
         if self.autoencoding_ratio > 0 and (self.method != "commer" or self.task == "pretrain"):
             raise ValueError("autoencoding_ratio is for method=commer on a task other than pretrain")
+        return self
+
+    @model_validator(mode="after")
+    def _growth_needs_a_checkpoint(self) -> "TrainConfig":
+        # A fresh model takes num_compression_tokens directly; growing is for a trained compressor.
+        if self.grow_compression_tokens and (not self.init_checkpoint or self.method != "commer"):
+            raise ValueError("grow_compression_tokens needs method=commer and an init_checkpoint to grow "
+                             "(for a fresh model set num_compression_tokens)")
         return self
 
     # ---- I/O ---------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from commer import ComMer
+from commer.checkpoint import read_config
 from training import evaluate_controls
 from training.config import ConfigError, TrainConfig
 from training.probes import news_documents, reconstruction_perplexity
@@ -70,8 +71,9 @@ class RecipeConfig(BaseModel):
                                                         "auto-encoding corpus (never test authors).")
     init_checkpoint: Optional[str] = Field(None, description="Start stage 1 from this ComMer checkpoint (e.g. an "
                                                            "earlier run's stage1/final) instead of a fresh model, "
-                                                           "so CPU hours add up across runs; its K and LoRA "
-                                                           "settings win over the flags.")
+                                                           "so CPU hours add up across runs; its LoRA settings "
+                                                           "win over the flags, and a larger --num_compression_"
+                                                           "tokens grows its K (trained slots repeated).")
     backbone: str = Field("default", description="Backbone reference (default: the embedded SmolLM2).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Backbone precision; auto: "
@@ -154,7 +156,19 @@ def news_corpus(recipe: RecipeConfig, folder: Path) -> Path | None:
     return path
 
 
+def compression_tokens(recipe: RecipeConfig) -> tuple[int, Optional[int]]:
+    """(K of the run, K to grow --init_checkpoint to or None): a checkpoint keeps a larger K than the
+    flag's, and grows to a larger flag, so the run's K -- the baseline's prompt budget too -- is the max."""
+    start = recipe.init_checkpoint
+    if not start or not (Path(start) / "commer_config.json").exists():
+        return recipe.num_compression_tokens, None
+    trained = read_config(start).num_compression_tokens
+    K = max(trained, recipe.num_compression_tokens)
+    return K, (K if K > trained else None)
+
+
 def stage_configs(recipe: RecipeConfig, out: Path, steps: tuple[int, int]) -> tuple[TrainConfig, TrainConfig]:
+    K, grow = compression_tokens(recipe)
     common = dict(
         device=recipe.resolved_device(), dtype=recipe.resolved_dtype(), batch_size=recipe.batch_size,
         micro_batch_size=min(recipe.micro_batch_size, recipe.batch_size), seed=recipe.seed,
@@ -162,7 +176,7 @@ def stage_configs(recipe: RecipeConfig, out: Path, steps: tuple[int, int]) -> tu
         lr_embeddings=recipe.lr_embeddings, patience=recipe.evaluations_per_stage + 1,
         # Model fields: used by stage 1; stage 2 starts from stage 1's checkpoint (they are then
         # ignored) but its calibration probe builds the same shape of model.
-        backbone=recipe.backbone, num_compression_tokens=recipe.num_compression_tokens,
+        backbone=recipe.backbone, num_compression_tokens=K,
         max_document_tokens=recipe.max_document_tokens, lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
         lora_dropout=0.0, lora_target_modules=recipe.lora_target_modules, model_seed=recipe.seed,
     )
@@ -173,7 +187,8 @@ def stage_configs(recipe: RecipeConfig, out: Path, steps: tuple[int, int]) -> tu
     s1, s2 = steps
     stage1 = TrainConfig(
         task="pretrain", data=corpus, num_documents=recipe.pretrain_documents,
-        max_answer_tokens=recipe.max_document_tokens, max_steps=s1, init_checkpoint=recipe.init_checkpoint, eval_every=max(1, s1 // recipe.evaluations_per_stage), save_every=max(1, s1 // 20),
+        max_answer_tokens=recipe.max_document_tokens, max_steps=s1, init_checkpoint=recipe.init_checkpoint,
+        grow_compression_tokens=grow, eval_every=max(1, s1 // recipe.evaluations_per_stage), save_every=max(1, s1 // 20),
         output_dir=str(out / "stage1"), **common)
     stage2 = TrainConfig(
         task="news", data=list(recipe.news_data), num_documents=recipe.news_documents,

@@ -54,7 +54,10 @@ def build_model(config: TrainConfig, resume_from: Path | None = None):
                                           config.dtype, config.cache_dir, config.max_answer_tokens)
     source = resume_from or (Path(config.init_checkpoint) if config.init_checkpoint else None)
     if source is not None:
-        return ComMer.from_pretrained(str(source), dtype=config.dtype, cache=config.cache_dir)
+        model = ComMer.from_pretrained(str(source), dtype=config.dtype, cache=config.cache_dir)
+        if resume_from is None and config.grow_compression_tokens:
+            model.grow_compression_tokens(config.grow_compression_tokens)  # a run folder has grown already
+        return model
     return ComMer.from_backbone(config.backbone, ComMerConfig(
         num_compression_tokens=config.num_compression_tokens, max_document_tokens=config.max_document_tokens,
         max_prompt_tokens=config.max_prompt_tokens, max_answer_tokens=config.max_answer_tokens,

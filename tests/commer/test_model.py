@@ -156,3 +156,22 @@ def test_default_backbone_compresses_and_generates_offline(default_model, monkey
     text = default_model.generate([None], ["What is the capital of France?"], max_new_tokens=12)[0]
     assert text.strip(), "the default backbone produced an empty continuation"
     assert "Paris" in text
+
+
+def test_grow_compression_tokens_keeps_the_trained_slots(tiny_model):
+    """A larger K starts from a trained compressor: new slots repeat the old embeddings, and under
+    the causal mask the first old-K slots still compress exactly as before."""
+    with torch.no_grad():
+        tiny_model.compression_embeddings.normal_()   # distinct slots, as after training
+    docs = ["apple river mountain", "violin orange silver garden window"]
+    before = tiny_model.compress(docs)
+    tiny_model.grow_compression_tokens(10)
+    after = tiny_model.compress(docs)
+    assert tiny_model.K == tiny_model.config.num_compression_tokens == 10 and after.shape[1] == 10
+    torch.testing.assert_close(after[:, :4], before, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after[:, 4:8], before)   # same embeddings, later positions: new vectors
+    torch.testing.assert_close(tiny_model.compression_embeddings[4:8], tiny_model.compression_embeddings[:4])
+    tiny_model.grow_compression_tokens(10)   # already that size: nothing to do
+    assert tiny_model.K == 10
+    with pytest.raises(ValueError, match="cannot grow 10 compression tokens to 4"):
+        tiny_model.grow_compression_tokens(4)

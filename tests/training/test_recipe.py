@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from training.config import ConfigError
-from training.recipe import RecipeConfig, main, parse_duration, run
+from training.recipe import (RecipeConfig, baseline_config, compression_tokens, main, parse_duration, run,
+                             stage_configs)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "training"
 
@@ -81,6 +82,15 @@ def test_recipe_continues_from_an_earlier_stage1(tiny_backbone, tmp_path, monkey
     # Same validation examples: the second run starts exactly where the first one's best weights were.
     assert start["step"] == 0
     assert start["val_ppl"] == pytest.approx(earlier["best_val_ppl"], rel=1e-5)
+    # A larger --num_compression_tokens grows the checkpoint's K (2 → 4) in stage 1, and the baseline
+    # gets the same prompt budget; a smaller one keeps the checkpoint's K.
+    grown = RecipeConfig(output_dir=str(tmp_path / "third"), init_checkpoint=str(first / "stage1" / "final"),
+                         **{**common, "num_compression_tokens": 4})
+    (tmp_path / "third").mkdir()
+    stage1, stage2 = stage_configs(grown, tmp_path / "third", (1, 1))
+    assert (stage1.grow_compression_tokens, stage2.num_compression_tokens) == (4, 4)
+    assert baseline_config(grown, tmp_path / "third", 1).num_compression_tokens == 4
+    assert compression_tokens(grown.model_copy(update={"num_compression_tokens": 1})) == (2, None)
 
 
 def test_recipe_cli_errors_name_the_flag(capsys):

@@ -161,3 +161,16 @@ def test_autoencoding_examples_mixed_into_a_task(tmp_path):
         TrainConfig(task="news", autoencoding_ratio=0.5)
     with pytest.raises(ValueError, match="method=commer on a task other than pretrain"):
         TrainConfig(task="news", method="prompt_tuning", autoencoding_data=["x.txt"], autoencoding_ratio=0.5)
+
+
+def test_grow_compression_tokens_from_a_checkpoint_and_resume(tiny_backbone, commer_cache, tiny_checkpoint,
+                                                              tmp_path, fixed_examples):
+    """grow_compression_tokens: fine-tune a K=4 checkpoint as K=8; a resumed run keeps its grown K."""
+    config = _config(tiny_backbone, commer_cache, tmp_path, init_checkpoint=tiny_checkpoint,
+                     grow_compression_tokens=8, max_steps=4, eval_every=2, stop_after_steps=2)
+    assert train_mod.train(config, progress=False)["stopped"]
+    summary = train_mod.train(config.model_copy(update={"stop_after_steps": None}), progress=False)
+    from commer import ComMer
+    assert ComMer.from_pretrained(summary["final"], cache=commer_cache).K == 8
+    with pytest.raises(ValueError, match="grow_compression_tokens needs method=commer and an init_checkpoint"):
+        TrainConfig(task="news", grow_compression_tokens=32)
