@@ -5,7 +5,7 @@
                /work/shared/data/huffpost/news_category_v2_extra.jsonl \
         --checkpoint commer/checkpoints/default --max_examples 400 --output eval/controls
 
-News headline task, test authors. Every row scores the SAME examples: documents are retrieved
+News headline task, test authors (`--split val`: validation authors, for choosing between settings). Every row scores the SAME examples: documents are retrieved
 once at the largest n (BM25 over the author's other articles, best first, cut to the first n
 per row) and the 2,900-character filter is applied at that largest n.
 
@@ -77,25 +77,10 @@ def rouge_pair(prediction: str, reference: str) -> dict[str, float]:
 
 def test_articles(data) -> dict[str, list[dict]]:
     """Articles of the test-split authors (the news task's split)."""
-    return {a: rows for a, rows in news.read_articles(data).items() if news.split_of(a, news.FRACTIONS) == "test"}
+    return news.authors_of(data, "test")
 
 
-def other_author_examples(examples: list[Example], articles: dict[str, list[dict]], n: int,
-                          seed: int = 0) -> list[Example]:
-    """The same examples with documents from ANOTHER test author: BM25 top-n for the same
-    query over that author's articles. The author is a seeded choice per example among the
-    test authors with at least n articles, never the example's own author."""
-    pool = sorted(a for a, rows in articles.items() if len(rows) >= n)
-    out = []
-    for e in examples:
-        choices = [a for a in pool if a != e.user_id]
-        if not choices:
-            raise DataError("the 'other author' control needs a second test author with enough articles")
-        other = random.Random(f"{seed}:{e.example_id}").choice(choices)
-        description = e.meta.get("description") or e.instruction
-        out.append(replace(e, documents=news.top_documents(description, articles[other], n),
-                           meta={**e.meta, "other_author": other}))
-    return out
+other_author_examples = news.other_author_examples  # the control's rule lives with the task
 
 
 # ---- statistics --------------------------------------------------------------------------
@@ -278,10 +263,10 @@ def _ci(row: dict, key: str, digits: int) -> str:
 
 def write_table(path: Path, rows: list[dict], extras: dict, header: dict) -> str:
     generated = any("rougeL" in r for r in rows)
-    lines = [f"### Evaluation with controls — news headlines, test authors ({header['date']})", "",
+    lines = [f"### Evaluation with controls — news headlines, {header['split']} authors ({header['date']})", "",
              f"`{header['command']}`", "",
              f"Checkpoint `{header['checkpoint']}` (trained={header['trained']}, fingerprint "
-             f"`{header['fingerprint'][:12]}`), {header['examples']} examples from {header['authors']} test authors, "
+             f"`{header['fingerprint'][:12]}`), {header['examples']} examples from {header['authors']} {header['split']} authors, "
              f"the same examples in every row (retrieved and length-filtered at n={header['largest_n']}). "
              f"Perplexity is token-level over answer tokens; intervals are paired bootstrap 95% "
              f"({header['resamples']} resamples of examples, seed {header['seed']}); Δ is the row minus "
@@ -325,7 +310,7 @@ def write_table(path: Path, rows: list[dict], extras: dict, header: dict) -> str
     probe = extras.get("probe")
     if probe:
         lines += ["", f"**Reconstruction probe** (stands in for PerLTQA, Figure 5): perplexity of reading one "
-                      f"held-out HuffPost short description (≤150 chars, test authors, {probe[0]['examples']} targets, "
+                      f"held-out HuffPost short description (≤150 chars, {header['split']} authors, {probe[0]['examples']} targets, "
                       f"the same at every m) back out of the mean of m compressions, format of the pretraining task.", "",
                   "| Merged documents m | " + " | ".join(str(p["num_merged"]) for p in probe) + " | no soft prompt |",
                   "|---|" + "---|" * (len(probe) + 1),
@@ -460,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_n4", default=None, help="Figure 6: ComMer trained with 4 documents.")
     p.add_argument("--documents", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="ComMer own n.")
     p.add_argument("--other_documents", type=int, default=4)
-    p.add_argument("--concat_documents", type=int, default=4)
+    p.add_argument("--concat_documents", type=int, default=4, help="Concatenated compressions row (0: skip).")
     p.add_argument("--text_documents", nargs="*", type=int, default=[1, 4, 8])
     p.add_argument("--prompt_tuning_documents", nargs="*", type=int, default=[1, 4])
     p.add_argument("--retrieved_top_m", nargs="*", type=int, default=[],
@@ -475,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example_documents", type=int, default=None,
                    help="Build and length-filter the examples at this n even if no row uses that many documents, "
                         "so rows can be added or left out later (--resume) on the same examples.")
+    p.add_argument("--split", default="test", choices=["val", "test"],
+                   help="Authors to evaluate on: test (reported figures) or val (choosing between settings, "
+                        "so the test authors are never tuned on); the other-author control and the probe "
+                        "use the same split.")
     p.add_argument("--max_examples", type=int, default=400)
     p.add_argument("--max_examples_per_user", type=int, default=None)
     p.add_argument("--probe_examples", type=int, default=64, help="Target documents of the reconstruction probe (0: skip).")
@@ -510,14 +499,14 @@ def run(args) -> dict:
     # Not the query-time rows' M: they choose among all articles, and must not change the example set.
     largest = max(args.documents + args.text_documents + args.prompt_tuning_documents
                   + [args.other_documents, args.concat_documents, args.example_documents or 0])
-    examples = news.load(args.data, "test", largest, seed=args.seed, max_examples=args.max_examples,
+    examples = news.load(args.data, args.split, largest, seed=args.seed, max_examples=args.max_examples,
                          max_examples_per_user=args.max_examples_per_user)
     if not examples:
-        raise DataError(f"{args.data}: no test examples for the news task")
+        raise DataError(f"{args.data}: no {args.split} examples for the news task")
     if len(examples) < args.max_examples:
         log.warning("only %d examples survive the 2,900-character filter at n=%d (asked for %d)",
                     len(examples), largest, args.max_examples)
-    articles = test_articles(args.data)
+    articles = news.authors_of(args.data, args.split)
     checkpoint = args.checkpoint or default_checkpoint(args.cache_dir)
     model = ComMer.from_pretrained(checkpoint, cache=args.cache_dir).to(args.device)
     skipped: list[str] = []
@@ -531,7 +520,9 @@ def run(args) -> dict:
     plan += [(f"ComMer own {n}", "own", "commer", n, examples) for n in args.documents]
     plan.append((f"ComMer other {args.other_documents}", "other", "commer", args.other_documents,
                  other_author_examples(examples, articles, args.other_documents, args.seed)))
-    plan.append((f"ComMer concat {args.concat_documents}", "concat", "commer_concat", args.concat_documents, examples))
+    if args.concat_documents:
+        plan.append((f"ComMer concat {args.concat_documents}", "concat", "commer_concat", args.concat_documents,
+                     examples))
     plan += plan_rows(args, examples)
     if not args.retrieved_top_m:
         skipped.append("query-time merge rows (no --retrieved_top_m given)")
@@ -578,7 +569,7 @@ def run(args) -> dict:
         extras["fit"] = {"n": [r["num_documents"] for r in own],
                          **fit_power_law([r["num_documents"] for r in own], [r["perplexity"] for r in own])}
     if args.probe_examples:
-        docs = news_documents(args.data, "test", seed=args.seed)
+        docs = news_documents(args.data, args.split, seed=args.seed)
         print(f"[probe] reconstruction, m = {args.probe_merged}", file=sys.stderr, flush=True)
         extras["probe"] = [reconstruction_perplexity(model, docs, m, args.probe_examples, args.seed, args.batch_size,
                                                      reference=(j == 0))
@@ -612,7 +603,8 @@ def run(args) -> dict:
     header = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python -m training.evaluate_controls " + " ".join(shlex.quote(a) for a in args.argv),
               "checkpoint": checkpoint, "trained": bool(model.config.trained), "fingerprint": model.config.fingerprint,
-              "examples": len(examples), "authors": len({e.user_id for e in examples}), "largest_n": largest,
+              "split": args.split, "examples": len(examples), "authors": len({e.user_id for e in examples}),
+              "largest_n": largest,
               "resamples": args.resamples, "seed": args.seed, "no_generate": args.no_generate, "skipped": skipped}
     with open(folder / "rows.jsonl", "w") as f:
         f.write(json.dumps({"kind": "header", **header,
