@@ -47,8 +47,8 @@ def utc_now() -> datetime:
 # The dates a record may carry (created_at): checked when a record is parsed, so a value at the edge of what
 # Python or Parquet can represent never reaches storage (where converting it back, or to another time zone,
 # would overflow in every later refresh). A naive datetime is taken as UTC.
-EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=timezone.utc)
-LATEST_DATE = datetime(2200, 1, 1, tzinfo=timezone.utc)
+EARLIEST_DATE = datetime(1000, 1, 1, tzinfo=timezone.utc)
+LATEST_DATE = datetime(9000, 1, 1, tzinfo=timezone.utc)
 
 
 def check_date(value: Optional[datetime]) -> Optional[datetime]:
@@ -169,6 +169,37 @@ class Prediction(Record):
     model_fingerprint: str = Field(description="Fingerprint of the checkpoint used.")
 
     _blank_reference = field_validator("reference")(blank_to_none)
+
+
+class QueryScore(Record):
+    """One scored query: evaluate's per-query table."""
+
+    user_id: str = Field(description="The user.")
+    query_id: str = Field(description="The query (scored per user_id and query_id).")
+    personalized: bool = Field(description="Whether the answer had the user's profile.")
+    doc_count: int = Field(0, description="Documents in the profile used.")
+    prompt_tokens: int = Field(0, description="Positions the generator processed before answering.")
+    rouge1: Optional[float] = Field(None, description="ROUGE-1 F-measure (None without a reference).")
+    rougeL: Optional[float] = Field(None, description="ROUGE-L F-measure (None without a reference).")
+    perplexity: Optional[float] = Field(None, description="Perplexity of the reference, as generate recorded it.")
+
+
+class UserScore(Record):
+    """One user's scores: evaluate's per-user table (commer.metrics.Aggregate, flattened)."""
+
+    user_id: str = Field(description="The user.")
+    queries: int = Field(description="Queries scored.")
+    personalized: int = Field(description="Of them, answered with the user's profile.")
+    with_reference: int = Field(description="Of them, with a reference (ROUGE's denominator).")
+    rouge1: Optional[float] = Field(None, description="Mean ROUGE-1 over queries with a reference.")
+    rougeL: Optional[float] = Field(None, description="Mean ROUGE-L over queries with a reference.")
+    perplexity_count: int = Field(0, description="Queries with a finite perplexity.")
+    perplexity_mean: Optional[float] = Field(None, description="Arithmetic mean perplexity.")
+    perplexity_geometric_mean: Optional[float] = Field(None, description="exp(mean log perplexity).")
+    perplexity_min: Optional[float] = Field(None, description="Lowest perplexity.")
+    perplexity_max: Optional[float] = Field(None, description="Highest perplexity.")
+    prompt_tokens_mean: Optional[float] = Field(None, description="Mean prompt positions.")
+    doc_count_max: int = Field(0, description="Most documents in a profile used.")
 
 
 class DeadLetter(Record):

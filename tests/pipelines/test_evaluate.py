@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pipelines import evaluate, generate
-from pipelines.output_state import current_shards
+from delta_helpers import rows as table_rows
 from schemas import Prediction, arrow_schema, read_parquet, write_parquet
 from test_generate import RUNNER, write_profiles, write_queries
 
@@ -24,9 +24,8 @@ def _check_png(path):
 
 
 def _lines(folder, prefix):
-    """The committed rows of one of evaluate's tables (the run folder its CURRENT names)."""
-    return [json.loads(line) for f in current_shards(str(folder), f"{prefix}-*.jsonl")
-            for line in open(f).read().splitlines() if line]
+    """The current rows of one of evaluate's tables (OUTPUT/per_query, OUTPUT/per_user)."""
+    return table_rows(folder / prefix)
 
 
 def test_generate_then_evaluate(tiny_checkpoint, commer_cache, tmp_path):

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from pipelines.compress_users import run
-from pipelines.output_state import current_shards
+from delta_helpers import rows as table_rows
 from schemas import Profile, from_table, read_parquet
 
 HOSTILE = [
@@ -23,13 +23,13 @@ HOSTILE = [
 def test_every_hostile_record_ends_in_a_profile_or_a_named_dead_letter(tmp_path: Path, tiny_checkpoint, commer_cache):
     (tmp_path / "in.jsonl").write_bytes(b"\n".join(HOSTILE) + b"\n")
     summary = run(["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"), "--checkpoint",
-                   tiny_checkpoint, "--cache_dir", commer_cache, "--direct_running_mode=in_memory"])
+                   tiny_checkpoint, "--cache_dir", commer_cache, "--direct_running_mode=in_memory",
+                   "--max_dead_letter_fraction=1"])  # mostly hostile on purpose
     assert summary["reconciled"] and summary["documents_read"] == len(HOSTILE)
     assert summary["documents_compressed"] == 2 and summary["dead_letters"] == len(HOSTILE) - 2
     profiles = {p.user_id: p for p in from_table(read_parquet(str(tmp_path / "out")), Profile)}
     assert sorted(profiles) == ["bom", "s"] and profiles["s"].doc_ids == ["6"]
-    letters = [json.loads(line) for f in current_shards(str(tmp_path / "out" / "dead_letters"), "*.jsonl")
-               for line in Path(f).read_text().splitlines()]
+    letters = table_rows(tmp_path / "out" / "dead_letters")
     assert len(letters) == len(HOSTILE) - 2
     unicode = [x for x in letters if "invalid Unicode" in x["reason"]]
     assert len(unicode) == 4
@@ -75,8 +75,7 @@ def test_a_very_long_line_costs_about_its_bytes(tmp_path: Path, tiny_checkpoint,
                    tiny_checkpoint, "--cache_dir", commer_cache, "--direct_running_mode=in_memory"])
     seconds = time.perf_counter() - started
     assert summary["reconciled"] and summary["documents_compressed"] == 1 and summary["dead_letters"] == 1
-    (letter,) = [json.loads(x) for f in current_shards(str(tmp_path / "out" / "dead_letters"), "*.jsonl")
-                 for x in Path(f).read_text().splitlines()]
+    (letter,) = table_rows(tmp_path / "out" / "dead_letters")
     assert letter["reason"] == f"record is {len(line)} bytes, over --max_record_bytes={1 << 20}"
     assert len(letter["record"]) <= 4096
     assert seconds < 30, seconds  # was 25 s for the 30 MB line alone in Beam's text source (quadratic)
