@@ -367,7 +367,7 @@ class ToTable(beam.DoFn):
         self.schema = schema
 
     def process(self, records):
-        faults.point("writing", after=2)  # the kill tests: once a first table is in the writer's temp file
+        faults.point("writing")
         yield to_table(records, self.schema)
 
 
