@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 SAMPLE_INPUT = str(Path(__file__).parent / "sample_data" / "documents-*.jsonl")
 COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "already_merged", "compressed",
             "truncated", "tokens", "deletions_requested", "deletions_applied", "deletions_unmatched",
-            "deletions_invalid", "profiles_written", "profiles_new", "profiles_updated", "profiles_unchanged",
-            "profiles_removed", "profiles_rebuilt", "previous_profiles_read", "padding_tokens", *DATE_COUNTERS)
+            "deletions_invalid", "deletions_duplicate", "profiles_written", "profiles_new", "profiles_updated",
+            "profiles_unchanged", "profiles_removed", "profiles_rebuilt", "previous_profiles_read", "padding_tokens",
+            *DATE_COUNTERS)
 
 parser = job_parser(
     "python -m pipelines.compress_users",
@@ -285,7 +286,10 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
         # Documents weighted and stored with a created_at set by rule (commer.recency.effective_created_at).
         "created_at_missing": counters["created_at_missing"],
         "created_at_in_future": counters["created_at_in_future"],
-        "reconciled": counters["records_read"] == accounted,
+        # Deletion requests: each valid one applied, unmatched, or naming a document already named.
+        "deletions": {k: counters[f"deletions_{k}"] for k in ("requested", "applied", "unmatched", "duplicate", "invalid")},
+        "reconciled": counters["records_read"] == accounted and counters["deletions_requested"] == (
+            counters["deletions_applied"] + counters["deletions_unmatched"] + counters["deletions_duplicate"]),
         "seconds": round(seconds, 3),
         "documents_per_second": round(counters["compressed"] / seconds, 2) if seconds > 0 else None,
         # Positions the model ran over (document tokens + K slots + padding), and the useful share.
