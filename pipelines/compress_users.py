@@ -15,8 +15,8 @@ Pipeline (labels as in the Beam graph):
     MergeProfiles (CombinePerKey over user_id, profile_state.Update → ProfileState) ─► Finalize ─► WriteProfiles
     (--half_life_days and --deletions: users whose deletions cancelled most weight ─► RebuildProfiles)
 
-Reconciliation: records_read = compressed + dead_lettered + duplicates + already_merged
-(already_merged is 0 on a full run: records whose doc_id a previous profile already holds).
+then the launcher checks the dead letters (pipelines.rejections) and commits each table as one Delta version.
+Reconciliation: records_read = compressed + dead_lettered + duplicates + already_merged (0 on a full run).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from pydantic import BaseModel, Field
 
-from pipelines.combiners import AccumulatorFn, unchanged
 from pipelines.batching import Batching
+from pipelines.combiners import AccumulatorFn, unchanged
 from pipelines.half_life import check_half_life
 from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
 from pipelines import faults
@@ -42,14 +42,13 @@ from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_finge
 from pipelines.options import (add_batching_flags, add_dead_letter_flag, add_model_flags, add_recency_flag,
                                check_batching, dead_letter_folder, job_parser, parse, wants_help)
 from pipelines.rejections import Stream, check_run, report_reasons, top_reasons
-from pipelines.tables import (Commit, OutputTable, append_base, check_separate, commit_outputs, paired_compressions,
-                             plan_output)
+from pipelines.tables import Commit, OutputTable, append_base, commit_outputs, paired_compressions, profile_tables
 from pipelines.profile_state import Change, ProfileState, Update, apply_update
 from pipelines.profile_steps import CARRY, DATE_COUNTERS, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
 from pipelines.reconcile import Event
 from pipelines.runtime import (CliError, checkpoint_config, counter_values, new_run_id, run_cli,
                                run_pipeline, write_json)
-from schemas import DeadLetter, DocumentCompression, Profile, arrow_schema
+from schemas import DocumentCompression
 from schemas.validation import DEFAULT_MAX_RECORD_BYTES, parse_deletion, parse_json_line, validate_row
 
 log = logging.getLogger(__name__)
@@ -177,24 +176,6 @@ def make_plan(options: argparse.Namespace) -> JobPlan:
     return plan
 
 
-def output_tables(plan: JobPlan) -> dict[str, OutputTable]:
-    """The run's output tables at the versions they are at now (their commits must still find them)."""
-    shape = (plan.K, plan.d)
-    tables = {"profiles": plan_output("profiles", "--output", f"{plan.output}/profiles",
-                                      arrow_schema(Profile, shape, plan.metadata), plan.run_id),
-              "dead letters": plan_output("dead letters", "--dead_letter_output", plan.dead_letter_output,
-                                          arrow_schema(DeadLetter, metadata={"run_id": plan.run_id}), plan.run_id)}
-    if plan.document_compressions_output:
-        tables["document compressions"] = plan_output(
-            "document compressions", "--document_compressions_output", plan.document_compressions_output,
-            arrow_schema(DocumentCompression, shape, plan.metadata), plan.run_id)
-    check_separate(list(tables.values()))
-    return tables
-
-
-
-# ---- parsing and reconciling --------------------------------------------------------------
-
 def parse_document(raw, source: str, max_record_bytes: int):
     """A JSONL line (bytes) or a Parquet row (dict) → ValidDocument | DeadLetter."""
     if isinstance(raw, dict):
@@ -314,7 +295,8 @@ def run(argv: list[str]) -> dict:
     """Build, run, check, commit and report; returns the run summary (also written to OUTPUT/run_summary.json)."""
     flags, options = parse(parser, argv, required=("output",), check=True)
     plan = make_plan(flags)
-    tables = output_tables(plan)
+    tables = profile_tables(plan.output, plan.dead_letter_output, plan.document_compressions_output, plan.run_id,
+                            (plan.K, plan.d), plan.metadata)
     if not plan.trained:
         print(f"note: checkpoint {plan.checkpoint} is UNTRAINED (seeded initialisation); profiles are valid "
               "but not yet useful for personalization", file=sys.stderr)
@@ -327,17 +309,16 @@ def run(argv: list[str]) -> dict:
                Stream("--deletions", counters["deletions_requested"] + counters["deletions_invalid"],
                       counters["deletions_invalid"])]
     commits = [Commit(tables["dead letters"], {"summary": summary})]
-    rejected = check_run(streams, flags.max_dead_letter_fraction, good=counters["profiles_written"],
-                         good_label="profiles", summary=summary, dead_letters=tables["dead letters"])
-    if rejected is None:
+    rejected = check_run(streams, flags.max_dead_letter_fraction, counters["profiles_written"], "profiles", summary,
+                         tables["dead letters"])
+    compressions = tables.get("document compressions")
+    if rejected is None and compressions is not None:
         # Full runs and carrying refreshes wrote every current compression; others add to the previous state.
-        compressions = tables.get("document compressions")
-        if compressions is not None:
-            base = None
-            if plan.previous_profile_files and not plan.previous_compression_files:
-                compressions.mode = "append"
-                base = append_base(plan.previous_profiles_version, compressions)
-            commits.append(Commit(compressions, {"summary": summary}, base=base))
+        base = None
+        if plan.previous_profile_files and not plan.previous_compression_files:
+            compressions.mode, base = "append", append_base(plan.previous_profiles_version, compressions)
+        commits.append(Commit(compressions, {"summary": summary}, base=base))
+    if rejected is None:
         commits.append(Commit(tables["profiles"], {"summary": summary}, pair_with=compressions))
     summary["committed"] = commit_outputs(commits)
     faults.point("committed")

@@ -36,7 +36,7 @@ from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from pipelines import faults
 from pipelines.runtime import CliError
-from schemas import read_metadata, tensor_column, to_table
+from schemas import arrow_schema, read_metadata, tensor_column, to_table
 from schemas.arrow import tensor_fields
 from schemas.records import DeadLetter, DocumentCompression, Prediction, Profile
 from schemas.tables import (COMMIT_KEY, TableError, TableVersion, is_legacy, is_table, legacy_shards, resolve_table,
@@ -104,6 +104,21 @@ def check_separate(tables: Sequence[OutputTable]) -> None:
             if a is not b and (a.path == b.path or a.path.startswith(b.path + "/")):
                 raise CliError(f"{a.flag} {a.path} is inside {b.flag} {b.path}: every table needs a folder of its "
                                f"own (e.g. {b.path.rsplit('/', 1)[0]}/{a.path.rsplit('/', 1)[-1]})")
+
+
+def profile_tables(output: str, dead_letter_output: str, compressions: str | None, run_id: str,
+                   shape: tuple[int, int], metadata: dict) -> dict[str, OutputTable]:
+    """compress_users' output tables (profiles, dead letters, optional document compressions), planned."""
+    tables = {"profiles": plan_output("profiles", "--output", f"{output}/profiles",
+                                      arrow_schema(Profile, shape, metadata), run_id),
+              "dead letters": plan_output("dead letters", "--dead_letter_output", dead_letter_output,
+                                          arrow_schema(DeadLetter, metadata={"run_id": run_id}), run_id)}
+    if compressions:
+        tables["document compressions"] = plan_output("document compressions", "--document_compressions_output",
+                                                      compressions, arrow_schema(DocumentCompression, shape, metadata),
+                                                      run_id)
+    check_separate(list(tables.values()))
+    return tables
 
 
 # ---- committing ---------------------------------------------------------------------------

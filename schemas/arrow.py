@@ -166,7 +166,6 @@ def from_table(table: pa.Table, record: type[Record]) -> list[Record]:
 
 
 def write_parquet(records: Iterable[Record], path: str, schema: pa.Schema) -> None:
-    import fsspec
     with fsspec.open(path, "wb") as f:
         pq.write_table(to_table(records, schema), f)
 
