@@ -1,7 +1,7 @@
 """The job skeleton every ComMer Beam job shares: CLI errors, the checkpoint, run id, running,
 counters (one namespace) and the summary file.
 
-    plan (checks, before anything runs) → run_pipeline → output_state.publish (the commit) → counters → summary
+    plan (checks, before anything runs) → run_pipeline → rejections.check_run → tables.commit_outputs (the commit) → summary
 """
 from __future__ import annotations
 
