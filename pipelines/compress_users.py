@@ -15,8 +15,8 @@ Pipeline (labels as in the Beam graph):
     MergeProfiles (CombinePerKey over user_id, profile_state.Update → ProfileState) ─► Finalize ─► WriteProfiles
     (--half_life_days and --deletions: users whose deletions cancelled most weight ─► RebuildProfiles)
 
-Reconciliation: records_read = compressed + dead_lettered + duplicates + already_merged
-(already_merged is 0 on a full run: records whose doc_id a previous profile already holds).
+then the launcher checks the dead letters (pipelines.rejections) and commits each table as one Delta version.
+Reconciliation: records_read = compressed + dead_lettered + duplicates + already_merged (0 on a full run).
 """
 from __future__ import annotations
 
@@ -28,26 +28,27 @@ from functools import partial
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.ml.inference.base import RunInference
 from pydantic import BaseModel, Field
 
-from pipelines.combiners import AccumulatorFn, unchanged
 from pipelines.batching import Batching
+from pipelines.combiners import AccumulatorFn, unchanged
 from pipelines.half_life import check_half_life
 from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
-from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints,
-                          check_unique_users, explode_compressions, match, parquet_shards, read_records,
-                          write_dead_letters, write_tables)
+from pipelines import faults
+from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, check_unique_users,
+                          explode_compressions, input_table, match, read_records, read_tables, write_dead_letters,
+                          write_tables)
 from pipelines.options import (add_batching_flags, add_dead_letter_flag, add_model_flags, add_recency_flag,
                                check_batching, dead_letter_folder, job_parser, parse, wants_help)
-from pipelines.output_state import phase, publish, publish_profiles, run_folder
+from pipelines.rejections import Stream, check_run, report_reasons, top_reasons
+from pipelines.tables import Commit, OutputTable, append_base, commit_outputs, paired_compressions, profile_tables
 from pipelines.profile_state import Change, ProfileState, Update, apply_update
 from pipelines.profile_steps import CARRY, DATE_COUNTERS, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
 from pipelines.reconcile import Event
 from pipelines.runtime import (CliError, checkpoint_config, counter_values, new_run_id, run_cli,
                                run_pipeline, write_json)
-from schemas import DocumentCompression, Profile, arrow_schema
+from schemas import DocumentCompression
 from schemas.validation import DEFAULT_MAX_RECORD_BYTES, parse_deletion, parse_json_line, validate_row
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,9 @@ log = logging.getLogger(__name__)
 SAMPLE_INPUT = str(Path(__file__).parent / "sample_data" / "documents-*.jsonl")
 COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "already_merged", "compressed",
             "truncated", "tokens", "deletions_requested", "deletions_applied", "deletions_unmatched",
-            "deletions_invalid", "profiles_written", "profiles_new", "profiles_updated", "profiles_unchanged",
-            "profiles_removed", "profiles_rebuilt", "previous_profiles_read", "padding_tokens", *DATE_COUNTERS)
+            "deletions_invalid", "deletions_duplicate", "profiles_written", "profiles_new", "profiles_updated",
+            "profiles_unchanged", "profiles_removed", "profiles_rebuilt", "previous_profiles_read", "padding_tokens",
+            *DATE_COUNTERS)
 
 parser = job_parser(
     "python -m pipelines.compress_users",
@@ -69,18 +71,19 @@ parser.add_argument("--input", default=None, help="Documents: a file glob, local
                     "are read as Parquet, all others as JSONL (gzip by extension). Each record: user_id, doc_id, "
                     "text (+ optional created_at). Default: the sample corpus shipped in the package "
                     "(sample_data/documents-*.jsonl).")
-parser.add_argument("--output", default=None, help="Required. Output folder (local or gs://): profiles in "
-                    "OUTPUT/profiles/*.parquet and OUTPUT/run_summary.json. Profile shards of earlier runs there "
-                    "are replaced once this run succeeds.")
-parser.add_argument("--document_compressions_output", default=None, help="Optional folder for per-document K×d "
-                    "compressions (Parquet). Keep it: it is what a later run needs as "
+parser.add_argument("--output", default=None, help="Required. Output folder (local or gs://): the profiles Delta "
+                    "table OUTPUT/profiles (a new version once this run succeeds), OUTPUT/dead_letters and "
+                    "OUTPUT/run_summary.json.")
+parser.add_argument("--document_compressions_output", default=None, help="Optional Delta table folder for "
+                    "per-document K×d compressions. Keep it: it is what a later run needs as "
                     "--previous_document_compressions to apply --deletions exactly.")
-parser.add_argument("--previous_profiles", default=None, help="Nightly refresh: the profiles folder (or file) of the "
-                    "previous run. Only documents whose doc_id is not yet in a user's profile are compressed; users "
-                    "without new documents are carried over unchanged.")
+parser.add_argument("--previous_profiles", default=None, help="Nightly refresh: the previous run's --output (or its "
+                    "profiles table; PATH@VERSION or PATH@TIMESTAMP for an earlier version). Only documents whose "
+                    "doc_id is not yet in a user's profile are compressed; users without new documents are carried "
+                    "over unchanged.")
 parser.add_argument("--previous_document_compressions", default=None, help="Document compressions of the previous "
-                    "runs (their --document_compressions_output); required by --deletions, and carried into "
-                    "--document_compressions_output.")
+                    "runs (their --document_compressions_output table; the version the previous profiles were made "
+                    "with is read); required by --deletions, and carried into --document_compressions_output.")
 parser.add_argument("--deletions", default=None, help="File glob (JSONL or Parquet) of {user_id, doc_id} to remove "
                     "from the previous profiles; needs --previous_profiles and --previous_document_compressions. A "
                     "new document with a deleted id in the same run replaces the old one. A user left with no "
@@ -110,6 +113,8 @@ class JobPlan(BaseModel):
     dead_letter_output: str = Field(description="Dead-letter folder.")
     document_compressions_output: str | None = Field(None, description="Per-document compressions folder.")
     previous_profile_files: list[str] = Field(default_factory=list, description="Previous profile shards.")
+    previous_profiles_version: str | None = Field(None, description="The previous profiles' table@version read.")
+    previous_compressions_version: str | None = Field(None, description="The previous compressions' table@version.")
     previous_compression_files: list[str] = Field(default_factory=list, description="Previous compression shards.")
     deletion_files: list[str] = Field(default_factory=list, description="Deletion request files.")
     run_id: str = Field(description="Unique id of this run; part of every shard name it writes.")
@@ -148,14 +153,20 @@ def make_plan(options: argparse.Namespace) -> JobPlan:
             raise CliError("--deletions needs the stored per-document compressions to subtract exactly: pass "
                            "--previous_document_compressions (a previous run's --document_compressions_output)")
         plan.deletion_files = match(options.deletions, "--deletions")
+    paired = None
     if options.previous_profiles:
-        plan.previous_profile_files = parquet_shards(options.previous_profiles, "--previous_profiles", "profiles")
+        previous = input_table(options.previous_profiles, "--previous_profiles", "profiles")
+        plan.previous_profile_files = previous.files
+        if previous.version is not None:
+            plan.previous_profiles_version = previous.version.at()
+            paired = paired_compressions(previous.version)
         check_fingerprints(plan.previous_profile_files, plan.fingerprint, "--previous_profiles", "Profile")
         check_unique_users(plan.previous_profile_files, "--previous_profiles")
     if options.previous_document_compressions:
-        plan.previous_compression_files = parquet_shards(options.previous_document_compressions,
-                                                         "--previous_document_compressions",
-                                                         "document_compressions", options.previous_profiles)
+        stored = input_table(options.previous_document_compressions, "--previous_document_compressions",
+                             "document_compressions", paired)
+        plan.previous_compression_files = stored.files
+        plan.previous_compressions_version = stored.version.at() if stored.version else None
         check_fingerprints(plan.previous_compression_files, plan.fingerprint, "--previous_document_compressions",
                            "DocumentCompression")
     elif plan.document_compressions_output and options.previous_profiles:
@@ -164,9 +175,6 @@ def make_plan(options: argparse.Namespace) -> JobPlan:
     check_half_life(plan.half_life_days, plan.previous_profile_files, plan.previous_compression_files)
     return plan
 
-
-
-# ---- parsing and reconciling --------------------------------------------------------------
 
 def parse_document(raw, source: str, max_record_bytes: int):
     """A JSONL line (bytes) or a Parquet row (dict) → ValidDocument | DeadLetter."""
@@ -177,27 +185,26 @@ def parse_document(raw, source: str, max_record_bytes: int):
 
 # ---- the pipeline -------------------------------------------------------------------------
 
-def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan) -> None:
+def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan, tables: dict[str, OutputTable]) -> None:
     docs, dead = read_records(p, "Documents", plan.files, partial(parse_document, max_record_bytes=options.max_record_bytes),
-                              "records_read", "documents_valid", "dead_lettered", options.max_record_bytes)
+                              "records_read", "documents_valid", "dead_lettered", options.max_record_bytes, "--input")
     dead_letters = [dead]
     keyed = [docs | "KeyDocuments" >> beam.Map(lambda d: ((d.user_id, d.doc_id), Event.record(d)))]
     states = []
     if plan.previous_profile_files:
-        previous = (p | "ListPreviousProfiles" >> beam.Create(plan.previous_profile_files)
-                    | "ReadPreviousProfiles" >> ReadAllFromParquetBatched()
+        previous = (read_tables(p, "PreviousProfiles", plan.previous_profile_files, "--previous_profiles")
                     | "ExplodePreviousProfiles" >> beam.ParDo(ExplodePreviousProfiles()).with_outputs(
                         IN_PROFILE, main="states"))
         states.append(previous.states)
         keyed.append(previous[IN_PROFILE])
     if plan.deletion_files:
         deletions, dead = read_records(p, "Deletions", plan.deletion_files, parse_deletion,
-                                       None, "deletions_requested", "deletions_invalid")
+                                       None, "deletions_requested", "deletions_invalid", flag="--deletions")
         keyed.append(deletions | "KeyDeletions" >> beam.Map(lambda key: (key, Event.delete())))
         dead_letters.append(dead)
     if plan.previous_compression_files:
-        keyed.append(p | "ListPreviousCompressions" >> beam.Create(plan.previous_compression_files)
-                     | "ReadPreviousCompressions" >> ReadAllFromParquetBatched()
+        keyed.append(read_tables(p, "PreviousCompressions", plan.previous_compression_files,
+                                 "--previous_document_compressions")
                      | "ExplodeCompressions" >> beam.FlatMap(explode_compressions))
 
     reconciled = (keyed | "FlattenKeyed" >> beam.Flatten()
@@ -231,17 +238,14 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan) -> None:
         rebuilt = (final[REBUILD], documents) | "RebuildProfiles" >> RebuildProfiles(
             plan.half_life_days, plan.fingerprint, plan.now)
         profiles = (profiles, rebuilt) | "FlattenProfiles" >> beam.Flatten()
-    write_tables(profiles, "Profiles", f"{run_folder(plan.output + '/profiles', plan.run_id)}/profiles-{plan.run_id}",
-                 arrow_schema(Profile, (plan.K, plan.d), plan.metadata), options.profiles_per_table)
+    write_tables(profiles, "Profiles", tables["profiles"], options.profiles_per_table)
     if plan.document_compressions_output:
         records = ((compressed, reconciled[CARRY]) | "FlattenCompressions" >> beam.Flatten()
                    | "CompressionRecords" >> beam.MapTuple(
                        lambda user_id, doc_id, comp, when, fp=plan.fingerprint: DocumentCompression(
                            user_id=user_id, doc_id=doc_id, compression=comp, model_fingerprint=fp, created_at=when)))
-        write_tables(records, "Compressions", f"{run_folder(plan.document_compressions_output, plan.run_id)}/"
-                     f"document_compressions-{plan.run_id}",
-                     arrow_schema(DocumentCompression, (plan.K, plan.d), plan.metadata), 1024)
-    write_dead_letters(dead_letters, plan.dead_letter_output, plan.run_id)
+        write_tables(records, "Compressions", tables["document compressions"], 1024)
+    write_dead_letters(dead_letters, tables["dead letters"])
 
 
 # ---- running and reporting ----------------------------------------------------------------
@@ -263,7 +267,10 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
         # Documents weighted and stored with a created_at set by rule (commer.recency.effective_created_at).
         "created_at_missing": counters["created_at_missing"],
         "created_at_in_future": counters["created_at_in_future"],
-        "reconciled": counters["records_read"] == accounted,
+        # Deletion requests: each valid one applied, unmatched, or naming a document already named.
+        "deletions": {k: counters[f"deletions_{k}"] for k in ("requested", "applied", "unmatched", "duplicate", "invalid")},
+        "reconciled": counters["records_read"] == accounted and counters["deletions_requested"] == (
+            counters["deletions_applied"] + counters["deletions_unmatched"] + counters["deletions_duplicate"]),
         "seconds": round(seconds, 3),
         "documents_per_second": round(counters["compressed"] / seconds, 2) if seconds > 0 else None,
         # Positions the model ran over (document tokens + K slots + padding), and the useful share.
@@ -285,21 +292,39 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
 
 
 def run(argv: list[str]) -> dict:
-    """Build, run and report; returns the run summary (also written to OUTPUT/run_summary.json)."""
+    """Build, run, check, commit and report; returns the run summary (also written to OUTPUT/run_summary.json)."""
     flags, options = parse(parser, argv, required=("output",), check=True)
     plan = make_plan(flags)
+    tables = profile_tables(plan.output, plan.dead_letter_output, plan.document_compressions_output, plan.run_id,
+                            (plan.K, plan.d), plan.metadata)
     if not plan.trained:
         print(f"note: checkpoint {plan.checkpoint} is UNTRAINED (seeded initialisation); profiles are valid "
               "but not yet useful for personalization", file=sys.stderr)
-    result, seconds = run_pipeline(options, build, flags, plan, progress_unit="documents compressed")
-    summary = summarize(plan, counter_values(result, COUNTERS), seconds)
-    phase("written")  # pipelines.output_state: the profiles' switch commits both tables (PAIRED)
-    # Full runs and carrying refreshes wrote every current compression; others add to the previous state.
-    adds_to_previous = bool(plan.previous_profile_files and not plan.previous_compression_files)
-    publish_profiles(f"{plan.output}/profiles", plan.run_id, plan.document_compressions_output,
-                     keep_previous_compressions=adds_to_previous, previous_profiles=flags.previous_profiles)
-    publish(plan.dead_letter_output, plan.run_id, legacy=DEAD_LETTER_LEGACY)
+    result, seconds = run_pipeline(options, build, flags, plan, tables, progress_unit="documents compressed")
+    counters = counter_values(result, COUNTERS)
+    summary = summarize(plan, counters, seconds)
+    faults.point("written")
+    summary["dead_letter_reasons"] = top_reasons(tables["dead letters"])
+    streams = [Stream("--input", counters["records_read"], counters["dead_lettered"]),
+               Stream("--deletions", counters["deletions_requested"] + counters["deletions_invalid"],
+                      counters["deletions_invalid"])]
+    commits = [Commit(tables["dead letters"], {"summary": summary})]
+    rejected = check_run(streams, flags.max_dead_letter_fraction, counters["profiles_written"], "profiles", summary,
+                         tables["dead letters"])
+    compressions = tables.get("document compressions")
+    if rejected is None and compressions is not None:
+        # Full runs and carrying refreshes wrote every current compression; others add to the previous state.
+        base = None
+        if plan.previous_profile_files and not plan.previous_compression_files:
+            compressions.mode, base = "append", append_base(plan.previous_profiles_version, compressions)
+        commits.append(Commit(compressions, {"summary": summary}, base=base))
+    if rejected is None:
+        commits.append(Commit(tables["profiles"], {"summary": summary}, pair_with=compressions))
+    summary["committed"] = commit_outputs(commits)
+    faults.point("committed")
     write_json(f"{plan.output}/run_summary.json", summary)
+    if rejected is not None:
+        raise rejected
     return summary
 
 
@@ -313,7 +338,10 @@ def main(argv: list[str]) -> int:
           f"created_at missing/in future: {summary['created_at_missing']}/{summary['created_at_in_future']}")
     print(f"{summary['documents_per_second']} documents/second ({summary['seconds']} s)  reconciled: "
           f"{summary['reconciled']}")
-    print(f"profiles: {summary['profiles']}  dead letters: {summary['dead_letter_output']}  "
+    report_reasons(summary)
+    versions = summary["committed"]
+    print(f"profiles: {summary['profiles']} (version {versions.get('profiles')})  dead letters: "
+          f"{summary['dead_letter_output']} (version {versions.get('dead letters')})  "
           f"summary: {summary['profiles'].rsplit('/', 1)[0]}/run_summary.json")
     return 0 if summary["reconciled"] else 1
 

@@ -2,12 +2,12 @@
 
     python -m pipelines.evaluate --predictions predictions --output metrics
 
-    predictions (generate's Parquet or JSONL)  [+ --references: LaMP outputs JSON, JSONL, Parquet]
-          │ join by query_id (when --references is given)
+    predictions (generate's table or Parquet/JSONL files)  [+ --references: LaMP outputs JSON, JSONL, Parquet]
+          │ join by query_id (when --references is given); scored per (user_id, query_id)
           ▼
     per query: ROUGE-1, ROUGE-L (LaMP's conventions), perplexity (recorded by generate)
-          ├─► OUTPUT/RUN_ID/per_query-*.jsonl           (RUN_ID: the run OUTPUT/CURRENT names)
-          ├─► CombinePerKey by user ──► OUTPUT/RUN_ID/per_user-*.jsonl ──► per-user distribution
+          ├─► OUTPUT/per_query   (Delta table, schemas.QueryScore)
+          ├─► CombinePerKey by user ──► OUTPUT/per_user (Delta table, schemas.UserScore) ──► per-user distribution
           ├─► CombinePerKey by personalized / by document-count bucket
           └─► CombineGlobally overall
     OUTPUT/metrics.json and OUTPUT/*.png (quality vs documents, per-user ROUGE-L, perplexity)
@@ -25,17 +25,18 @@ import time
 from functools import partial
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from commer import metrics as m
-from pipelines import plots
+from pipelines import faults, plots
 from pipelines.combiners import AccumulatorFn
-from pipelines.io import DEAD_LETTER_LEGACY, match, parse_as_dict, prediction_files, read_records, write_dead_letters
+from pipelines.io import parse_as_dict, prediction_files, read_records, write_dead_letters, write_tables
 from pipelines.options import add_dead_letter_flag, dead_letter_folder, job_parser, parse, wants_help
-from pipelines.output_state import phase, publish, run_folder
-from pipelines.runtime import CliError, counter_values, counters, new_run_id, run_cli, run_pipeline, write_json
-from schemas import Prediction
+from pipelines.references import AttachReference, check_references, read_references
+from pipelines.rejections import Stream, check_run, report_reasons, top_reasons
+from pipelines.runtime import counter_values, new_run_id, run_cli, run_pipeline, write_json
+from pipelines.tables import Commit, check_separate, commit_outputs, plan_output
+from schemas import DeadLetter, Prediction, QueryScore, UserScore, arrow_schema
 
 log = logging.getLogger(__name__)
 
@@ -44,122 +45,19 @@ AGGREGATES = "_aggregates.jsonl"
 
 parser = job_parser("python -m pipelines.evaluate", __doc__)
 parser.add_argument("--predictions", default=None,
-                    help="generate's --output folder, or a predictions file/glob (.parquet or .jsonl).")
+                    help="generate's --output folder or its predictions table (PATH@VERSION or PATH@TIMESTAMP: an "
+                         "earlier version), or a predictions file/glob (.parquet or .jsonl).")
 parser.add_argument("--references", default=None,
                     help="Optional references by query_id: LaMP's outputs JSON ({\"task\", \"golds\": "
                          "[{\"id\", \"output\"}]}), or JSONL/Parquet rows with query_id (or id) and "
                          "reference (or output). Default: the reference stored on each prediction.")
 parser.add_argument("--output", default=None,
-                    help="Output folder: metrics.json, PNG plots, RUN_ID/per_query-*.jsonl and "
-                         "RUN_ID/per_user-*.jsonl (the run CURRENT names).")
+                    help="Output folder: metrics.json, PNG plots, and the Delta tables per_query/ and per_user/.")
 parser.add_argument("--use_stemmer", action="store_true",
                     help="Porter-stem words before ROUGE. Off by default, as in LaMP's evaluation "
                          "(HF evaluate's rouge defaults).")
 parser.add_argument("--no_plots", action="store_true", help="Skip the PNG plots.")
 add_dead_letter_flag(parser)
-
-
-# ---- inputs -----------------------------------------------------------------------------
-
-def check_references(path: str) -> None:
-    """Fail before running on a missing references file, or a JSON one that does not parse.
-
-    LaMP's outputs files are one JSON document each (a few MB): a corrupt one would otherwise
-    fail deep inside the pipeline, and a partly read one would silently skew the metrics.
-    """
-    files = match(path, "--references")
-    if path.endswith(".json"):
-        for file in files:
-            with FileSystems.open(file) as f:
-                try:
-                    pairs = parse_reference_file(f.read().decode("utf-8"))
-                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
-                    pairs = None
-            if not pairs:
-                raise CliError(f"--references {file} is not LaMP outputs JSON ({{\"task\": ..., \"golds\": "
-                               "[{\"id\": ..., \"output\": ...}]}) with at least one reference")
-
-
-def reference_pairs(row) -> list[tuple[str, str]]:
-    """(query_id, reference) pairs from one references row; LaMP's 'id'/'output' or ours."""
-    if not isinstance(row, dict):
-        return []
-    query_id = row.get("query_id", row.get("id"))
-    reference = row.get("reference", row.get("output"))
-    if query_id is None or not isinstance(reference, str):
-        return []
-    return [(str(query_id), reference)]
-
-
-def parse_reference_file(text: str) -> list[tuple[str, str]]:
-    """A whole JSON references file: LaMP's {"task", "golds": [...]}, or a plain list of rows."""
-    data = json.loads(text)
-    rows = data.get("golds", []) if isinstance(data, dict) else data
-    return [pair for row in rows for pair in reference_pairs(row)]
-
-
-class CountReferences(beam.DoFn):
-    def __init__(self):
-        self.counters = counters("references_read", "references_invalid")
-
-    def process(self, row):
-        if isinstance(row, str):
-            if not row.strip():
-                return []
-            try:
-                row = json.loads(row)
-            except json.JSONDecodeError:
-                self.counters["references_invalid"].inc()
-                return []
-        pairs = reference_pairs(row)
-        if not pairs:
-            self.counters["references_invalid"].inc()
-        self.counters["references_read"].inc(len(pairs))
-        return pairs
-
-
-def read_references(pipeline, path: str):
-    """(query_id, reference) pairs from a LaMP outputs JSON, JSONL or Parquet."""
-    if path.endswith(".parquet"):
-        rows = pipeline | "ReadReferences" >> beam.io.ReadFromParquet(path)
-    elif path.endswith(".json"):
-        # One JSON document per file (LaMP's format): read whole files, not lines.
-        rows = (pipeline
-                | "MatchReferences" >> fileio.MatchFiles(path)
-                | "OpenReferences" >> fileio.ReadMatches()
-                | "ParseReferenceFile" >> beam.FlatMap(
-                    lambda f: [{"query_id": q, "reference": r} for q, r in parse_reference_file(f.read_utf8())]))
-    else:
-        rows = pipeline | "ReadReferences" >> beam.io.ReadFromText(path)
-    return rows | "CountReferences" >> beam.ParDo(CountReferences())
-
-
-class AttachReference(beam.DoFn):
-    """One query's prediction with the reference from the references file."""
-
-    def __init__(self):
-        self.counters = counters("references_without_prediction", "predictions_duplicate_query_id",
-                                 "references_from_file", "perplexity_dropped_reference_changed")
-
-    def process(self, element):
-        query_id, groups = element
-        predictions = sorted(groups["predictions"], key=lambda p: p["user_id"])
-        references = list(groups["references"])
-        if not predictions:
-            self.counters["references_without_prediction"].inc(1 if references else 0)
-            return []
-        if len(predictions) > 1:
-            self.counters["predictions_duplicate_query_id"].inc(len(predictions) - 1)
-        row = predictions[0]
-        if references:
-            reference = references[0]
-            self.counters["references_from_file"].inc()
-            if row["reference"] != reference and row["perplexity"] is not None:
-                # generate scored another text; its perplexity says nothing about this one.
-                self.counters["perplexity_dropped_reference_changed"].inc()
-                row = {**row, "perplexity": None}
-            row = {**row, "reference": reference}
-        return [row]
 
 
 def score_row(row: dict, use_stemmer: bool) -> dict:
@@ -175,10 +73,10 @@ def aggregate_fn(with_histogram: bool = False) -> AccumulatorFn:
     return AccumulatorFn(partial(m.Aggregate, with_histogram=with_histogram))
 
 
-def build(pipeline, opts, files: list[str], run_id: str) -> None:
-    output = run_folder(opts.output, run_id)  # committed later by publish (pipelines.output_state)
+def build(pipeline, opts, files: list[str], tables: dict) -> None:
     predictions, dead = read_records(pipeline, "Predictions", files, partial(parse_as_dict, Prediction),
-                                     "predictions_read", "predictions_valid", "predictions_invalid")
+                                     "predictions_read", "predictions_valid", "predictions_invalid",
+                                     flag="--predictions")
     if opts.references:
         references = read_references(pipeline, opts.references)
         predictions = ({"predictions": predictions | "KeyByQuery" >> beam.Map(lambda p: (p["query_id"], p)),
@@ -188,8 +86,7 @@ def build(pipeline, opts, files: list[str], run_id: str) -> None:
     stemmer = opts.use_stemmer
     scored = predictions | "Score" >> beam.Map(score_row, stemmer)
 
-    (scored | "PerQueryJson" >> beam.Map(json.dumps)
-     | "WritePerQuery" >> beam.io.WriteToText(f"{output}/per_query-{run_id}", file_name_suffix=".jsonl"))
+    write_tables(scored, "PerQuery", tables["per query"], 4096)
 
     overall = (scored | "Overall" >> beam.CombineGlobally(aggregate_fn(with_histogram=True))
                | "TagOverall" >> beam.Map(lambda s: ("overall", None, s)))
@@ -207,8 +104,7 @@ def build(pipeline, opts, files: list[str], run_id: str) -> None:
                 | "KeyUser" >> beam.Map(lambda r: (r["user_id"], r))
                 | "PerUser" >> beam.CombinePerKey(aggregate_fn())
                 | "UserRow" >> beam.Map(lambda kv: {"user_id": kv[0], **kv[1]}))
-    (per_user | "PerUserJson" >> beam.Map(json.dumps)
-     | "WritePerUser" >> beam.io.WriteToText(f"{output}/per_user-{run_id}", file_name_suffix=".jsonl"))
+    write_tables(per_user | "UserRows" >> beam.Map(user_row), "PerUser", tables["per user"], 4096)
     distributions = []
     for name in ("rouge1", "rougeL"):
         distributions.append(
@@ -222,8 +118,20 @@ def build(pipeline, opts, files: list[str], run_id: str) -> None:
     ([overall, by_personalization, by_doc_count, users] + distributions
      | "AllAggregates" >> beam.Flatten()
      | "AggregateJson" >> beam.Map(json.dumps)
-     | "WriteAggregates" >> beam.io.WriteToText(f"{output}/{AGGREGATES}", shard_name_template="", num_shards=1))
-    write_dead_letters([dead], dead_letter_folder(opts), run_id)
+     | "WriteAggregates" >> beam.io.WriteToText(aggregates_path(opts, tables), shard_name_template="", num_shards=1))
+    write_dead_letters([dead], tables["dead letters"])
+
+
+def aggregates_path(opts, tables: dict) -> str:
+    """The pipeline's few aggregate lines, for the launcher (a file beside the tables, removed once read)."""
+    return f"{opts.output.rstrip('/')}/{AGGREGATES.removesuffix('.jsonl')}-{tables['per query'].run_id}.jsonl"
+
+
+def user_row(user: dict) -> dict:
+    """A per-user aggregate (commer.metrics.Aggregate.summary) as a flat schemas.UserScore row."""
+    perplexity = user.get("perplexity") or {}
+    return {**{k: v for k, v in user.items() if k != "perplexity"}, "perplexity_count": perplexity.get("count", 0),
+            **{f"perplexity_{k}": perplexity.get(k) for k in ("mean", "geometric_mean", "min", "max")}}
 
 
 def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dict:
@@ -253,32 +161,48 @@ def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
     opts, options = parse(parser, argv, required=("predictions", "output"), check=True)
-    files = prediction_files(opts.predictions, "--predictions")
+    files = prediction_files(opts.predictions, "--predictions").files
     if opts.references:
         check_references(opts.references)
 
     output = opts.output.rstrip("/")
     run_id, started = new_run_id(), time.perf_counter()
-    result, _ = run_pipeline(options, build, opts, files, run_id)
-    aggregates_path = f"{run_folder(output, run_id)}/{AGGREGATES}"
-    with FileSystems.open(aggregates_path) as f:
+    tables = {"per query": plan_output("per query", "--output", f"{output}/per_query", arrow_schema(QueryScore), run_id),
+              "per user": plan_output("per user", "--output", f"{output}/per_user", arrow_schema(UserScore), run_id),
+              "dead letters": plan_output("dead letters", "--dead_letter_output", dead_letter_folder(opts),
+                                          arrow_schema(DeadLetter), run_id)}
+    check_separate(list(tables.values()))
+    result, _ = run_pipeline(options, build, opts, files, tables)
+    with FileSystems.open(aggregates_path(opts, tables)) as f:
         lines = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
-    FileSystems.delete([aggregates_path])
-    phase("written")  # switch --output's CURRENT (per_query + per_user: the commit), then the dead letters'
-    publish(output, run_id, legacy=("per_query-*.jsonl", "per_user-*.jsonl", AGGREGATES))
-    publish(dead_letter_folder(opts), run_id, legacy=DEAD_LETTER_LEGACY)
+    FileSystems.delete([aggregates_path(opts, tables)])
+    faults.point("written")
+    counts = counter_values(result)
+    metrics = {"run_id": run_id, **assemble(lines, counts, opts.use_stemmer),
+               "dead_letter_reasons": top_reasons(tables["dead letters"])}
+    streams = [Stream("--predictions", counts.get("predictions_read", 0), counts.get("predictions_invalid", 0)),
+               Stream("--references", counts.get("references_read", 0) + counts.get("references_invalid", 0),
+                      counts.get("references_invalid", 0))]
+    scored = (metrics["overall"] or {}).get("queries", 0)
+    refused = check_run(streams, opts.max_dead_letter_fraction, scored, "scores", metrics, tables["dead letters"])
+    main_commits = [] if refused else [Commit(tables["per query"], {"summary": {"run_id": run_id}}),
+                                       Commit(tables["per user"], {"summary": {"run_id": run_id}})]
+    metrics["committed"] = commit_outputs([Commit(tables["dead letters"], {"summary": {"run_id": run_id}}),
+                                           *main_commits])
+    faults.point("committed")
+    if refused:
+        raise refused
 
     # metrics.json and the plots: one file each, replaced after the commit; run_id says which run they sum up.
-    metrics = {"run_id": run_id, **assemble(lines, counter_values(result), opts.use_stemmer)}
-    committed = run_folder(output, run_id)
-    metrics["files"] = {kind: f"{committed}/{kind}-*.jsonl" for kind in ("per_query", "per_user")}
+    metrics["files"] = {kind: f"{tables[kind].path}@{metrics['committed'][kind]}" for kind in ("per query", "per user")}
     metrics["files"]["plots"] = [] if opts.no_plots else plots.write_all(metrics, output)
     metrics["seconds"] = round(time.perf_counter() - started, 2)  # pipeline + plots
     write_json(f"{output}/metrics.json", metrics)
     overall = metrics["overall"]
     print(f"predictions: {overall['queries']}, {overall['with_reference']} with a reference: ROUGE-1 "
           f"{_fmt(overall['rouge1'])}, ROUGE-L {_fmt(overall['rougeL'])}, mean perplexity {_fmt(overall['perplexity']['mean'])}")
-    print(f"metrics: {output}/metrics.json  per query/user: {committed}/  "
+    report_reasons(metrics)
+    print(f"metrics: {output}/metrics.json  per query/user: {output}/per_query, {output}/per_user  "
           f"plots: {' '.join(metrics['files']['plots']) or 'none (--no_plots)'}")
     return 0
 

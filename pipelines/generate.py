@@ -11,9 +11,9 @@
     RunInference (one model per process, batches of --batch_size): greedy answer, perplexity of
     the reference when the query has one, prompt length
           ▼
-    OUTPUT/RUN_ID/predictions-*.parquet (schemas.Prediction) [+ .jsonl], committed by OUTPUT/CURRENT
-    (pipelines.output_state: a kill leaves the previous run's predictions or these, never both)
-    OUTPUT/run_summary.json
+    OUTPUT/predictions: a Delta table (schemas.Prediction), this run's files committed as one new version
+    after the pipeline succeeded (pipelines.tables: a kill leaves the previous version or this one)
+    OUTPUT/dead_letters (Delta), OUTPUT/run_summary.json
 
 A query whose user has no profile is still answered, without a soft prompt, and marked
 personalized=false. Profiles made by another checkpoint (fingerprint) are refused before
@@ -33,11 +33,13 @@ from pydantic import ValidationError
 
 from commer.prompting import UserDocuments
 from pipelines.inference import IN_PROMPT_MAX_TOKENS, ComMerGenerator, GenerationSettings
-from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, PREDICTION_SHARDS, check_fingerprints, match, parquet_shards,
-                          parse_as_dict, read_records, write_dead_letters)
+from pipelines import faults
+from pipelines.io import (DEAD, check_fingerprints, input_table, match, parse_as_dict, read_records, read_tables,
+                          write_dead_letters, write_tables)
 from pipelines.options import (add_dead_letter_flag, add_merge_flags, add_model_flags, dead_letter_folder, job_parser,
                                parse, wants_help)
-from pipelines.output_state import phase, publish, run_folder
+from pipelines.rejections import Stream, check_run, report_reasons, top_reasons
+from pipelines.tables import Commit, check_separate, commit_outputs, plan_output
 from pipelines.retrieved_merge import (MergeSettings, UserPool, compress_instructions, compression_shards,
                                        merge_settings, read_compressions)
 from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, run_cli,
@@ -52,16 +54,15 @@ PROFILE_COLUMNS = ["user_id", "doc_count", "soft_prompt", "model_fingerprint"]
 
 parser = job_parser("python -m pipelines.generate", __doc__)
 parser.add_argument("--profiles", default=None,
-                    help="Profiles table from compress_users: its output folder (profiles/ inside is used), "
-                         "the profiles folder, or one .parquet file. Needed with --mode=commer.")
+                    help="Profiles table from compress_users: its output folder (profiles/ inside is used) or the "
+                         "table folder (PATH@VERSION or PATH@TIMESTAMP: an earlier version), or one .parquet file. "
+                         "Needed with --mode=commer.")
 parser.add_argument("--queries", default=None,
                     help="Queries: JSONL (.jsonl/.json, optionally .gz) or Parquet (.parquet) file or glob, "
                          "with user_id, query_id, instruction and optional reference.")
 parser.add_argument("--output", default=None,
-                    help="Output folder: RUN_ID/predictions-*.parquet (and/or .jsonl) named by CURRENT, "
-                         "run_summary.json. An earlier run's predictions there are replaced once this run succeeds.")
-parser.add_argument("--output_format", default="parquet", choices=["parquet", "jsonl", "both"],
-                    help="Predictions as Parquet (schemas.Prediction), JSON lines, or both.")
+                    help="Output folder: the predictions Delta table OUTPUT/predictions (a new version once this run "
+                         "succeeds), OUTPUT/dead_letters, OUTPUT/run_summary.json.")
 parser.add_argument("--mode", default="commer", choices=list(MODES),
                     help="commer: the user's soft prompt; in_prompt: the user's top --num_documents documents "
                          "by BM25 as plain text (baseline; needs --documents); none: no personalization.")
@@ -158,11 +159,11 @@ class PlanUser(beam.DoFn):
 # ---- the pipeline -----------------------------------------------------------------------
 
 def build(pipeline, opts, settings: GenerationSettings, query_files: list[str], document_files: list[str],
-          profile_shards: list[str], run_id: str, merge: MergeSettings | None = None):
+          profile_shards: list[str], tables: dict, merge: MergeSettings | None = None):
     """Wire the job into `pipeline`; returns nothing (the sinks are the outputs). With `merge`,
     `profile_shards` are the document compressions' shards."""
     queries, query_dead = read_records(pipeline, "Queries", query_files, partial(parse_as_dict, Query),
-                                       "query_read", "query_valid", "query_dead_lettered")
+                                       "query_read", "query_valid", "query_dead_lettered", flag="--queries")
     if merge is not None and merge.retrieval == "similarity":
         queries = compress_instructions(queries, settings)
     grouped = {"queries": queries | "KeyQueries" >> beam.Map(lambda q: (q["user_id"], q))}
@@ -170,14 +171,12 @@ def build(pipeline, opts, settings: GenerationSettings, query_files: list[str], 
     if merge is not None:
         grouped["compressions"] = read_compressions(pipeline, profile_shards)
     elif settings.mode == "commer":
-        grouped["profiles"] = (
-            pipeline
-            | "ProfileShards" >> beam.Create(profile_shards)
-            | "ReadProfiles" >> beam.io.ReadAllFromParquetBatched(columns=PROFILE_COLUMNS)
-            | "KeyProfiles" >> beam.FlatMap(profile_rows))
+        grouped["profiles"] = (read_tables(pipeline, "Profiles", profile_shards, "--profiles", PROFILE_COLUMNS)
+                               | "KeyProfiles" >> beam.FlatMap(profile_rows))
     if document_files:  # --mode=in_prompt, or --merge=retrieved --retrieval=bm25
         documents, doc_dead = read_records(pipeline, "Documents", document_files, partial(parse_as_dict, Document),
-                                           "document_read", "document_valid", "document_dead_lettered")
+                                           "document_read", "document_valid", "document_dead_lettered",
+                                           flag="--documents")
         grouped["documents"] = documents | "KeyDocuments" >> beam.Map(
             lambda d: (d["user_id"], {"doc_id": d["doc_id"], "text": d["text"]}))
         dead.append(doc_dead)
@@ -190,16 +189,8 @@ def build(pipeline, opts, settings: GenerationSettings, query_files: list[str], 
     predictions = (planned.requests
                    | "Generate" >> RunInference(ComMerGenerator(settings))
                    | "Count" >> beam.Map(_count_prediction))
-    prefix = f"{run_folder(opts.output, run_id)}/predictions-{run_id}"  # committed later by publish
-    if opts.output_format in ("parquet", "both"):
-        schema = arrow_schema(Prediction, metadata={"fingerprint": settings.fingerprint, "mode": settings.mode,
-                                                   "checkpoint": settings.checkpoint})
-        predictions | "WriteParquet" >> beam.io.WriteToParquet(prefix, schema, file_name_suffix=".parquet")
-    if opts.output_format in ("jsonl", "both"):
-        (predictions
-         | "ToJson" >> beam.Map(json.dumps)
-         | "WriteJsonl" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
-    write_dead_letters(dead, dead_letter_folder(opts), run_id)
+    write_tables(predictions, "Predictions", tables["predictions"], opts.batch_size * 16)
+    write_dead_letters(dead, tables["dead letters"])
 
 
 _written = counter("predictions")
@@ -247,23 +238,26 @@ def main(argv: list[str]) -> int:
     if merge is not None:
         shards = compression_shards(opts, merge)
     elif settings.mode == "commer":
-        shards = parquet_shards(opts.profiles, "--profiles", "profiles")
+        shards = input_table(opts.profiles, "--profiles", "profiles").files
         check_fingerprints(shards, settings.fingerprint, "--profiles", "Profile", PROFILE_COLUMNS)
     elif opts.profiles:
         log.info("--profiles is not used in --mode=%s", settings.mode)
 
     output, run_id = opts.output.rstrip("/"), new_run_id()
+    schema = arrow_schema(Prediction, metadata={"fingerprint": settings.fingerprint, "mode": settings.mode,
+                                               "checkpoint": settings.checkpoint})
+    tables = {"predictions": plan_output("predictions", "--output", f"{output}/predictions", schema, run_id),
+              "dead letters": plan_output("dead letters", "--dead_letter_output", dead_letter_folder(opts),
+                                          arrow_schema(DeadLetter), run_id)}
+    check_separate(list(tables.values()))
     result, seconds = run_pipeline(options, build, opts, settings, query_files, document_files, shards,
-                                   run_id, merge, progress_unit="queries answered")
-    phase("written")  # pipelines.output_state: switch --output's CURRENT (the commit), then the dead letters'
-    publish(output, run_id, legacy=PREDICTION_SHARDS)
-    publish(dead_letter_folder(opts), run_id, legacy=DEAD_LETTER_LEGACY)
-
+                                   tables, merge, progress_unit="queries answered")
+    faults.point("written")
     counts = counter_values(result)
     read, rejected = counts.get("query_read", 0), counts.get("query_dead_lettered", 0)
     answered, duplicates = counts.get("predictions", 0), counts.get("query_duplicates", 0)
     summary = {
-        "mode": settings.mode, "checkpoint": settings.checkpoint, "fingerprint": settings.fingerprint,
+        "run_id": run_id, "mode": settings.mode, "checkpoint": settings.checkpoint, "fingerprint": settings.fingerprint,
         "queries_read": read, "queries_dead_lettered": rejected, "query_duplicates": duplicates,
         "predictions": answered, "predictions_personalized": counts.get("predictions_personalized", 0),
         "predictions_not_personalized": answered - counts.get("predictions_personalized", 0),
@@ -276,12 +270,21 @@ def main(argv: list[str]) -> int:
         "settings": settings.model_dump(),
         # How each soft prompt was merged: the whole profile, or the top M stored compressions per query.
         "merge": {"merge": "all"} if merge is None else {"merge": "retrieved", **merge.model_dump(exclude={"fingerprint"})},
+        "dead_letter_reasons": top_reasons(tables["dead letters"]),
     }
+    streams = [Stream("--queries", read, rejected),
+               Stream("--documents", summary["documents_read"], summary["documents_dead_lettered"])]
+    refused = check_run(streams, opts.max_dead_letter_fraction, answered, "predictions", summary, tables["dead letters"])
+    commits = [Commit(tables["dead letters"], {"summary": summary})]
+    summary["committed"] = commit_outputs(commits + ([] if refused else [Commit(tables["predictions"], {"summary": summary})]))
+    faults.point("committed")
     write_json(f"{output}/run_summary.json", summary)
+    if refused:
+        raise refused
     print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized), "
           f"{rejected} dead-lettered, {duplicates} duplicates  ({seconds:.1f} s)")
-    extension = "jsonl" if opts.output_format == "jsonl" else "parquet"
-    print(f"predictions: {run_folder(output, run_id)}/predictions-*.{extension} (named by {output}/CURRENT)  "
+    report_reasons(summary)
+    print(f"predictions: {output}/predictions (version {summary['committed']['predictions']})  "
           f"dead letters: {dead_letter_folder(opts)}  summary: {output}/run_summary.json")
     if not summary["reconciled"]:
         log.error("queries read (%d) != answered + dead-lettered + duplicates; see run_summary.json", read)

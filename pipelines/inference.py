@@ -27,7 +27,7 @@ from commer.precision import resolve_dtype
 from commer.prompting import fit_documents
 from pipelines import progress
 from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
-from pipelines.output_state import phase
+from pipelines import faults
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
 from schemas import Prediction
 from schemas.validation import ValidDocument
@@ -156,7 +156,7 @@ class ComMerModelHandler(ModelHandler):
 
     def load_model(self) -> Compressor:
         compressor = Compressor(shared_model(*self.args), self.packed)
-        phase("model_loaded")
+        faults.point("model_loaded")
         return compressor
 
     def run_inference(self, batch, model: Compressor, inference_args=None):
@@ -181,7 +181,7 @@ class ComMerModelHandler(ModelHandler):
 
 
 def unbatch(result: PredictionResult):
-    phase("compressing")
+    faults.point("compressing")
     for (user_id, doc_id, created_at), comp in zip(result.example, result.inference):
         yield user_id, doc_id, np.asarray(comp, dtype=np.float32), created_at
 

@@ -1,51 +1,71 @@
 """Reading and writing for every job, on one filesystem layer (Beam's FileSystems: local, gs://, ...).
 
-    match / parquet_shards / prediction_files   input discovery (globs, run folders, CURRENT), failing early
-                               with the flag's name
+    match / input_table / prediction_files   input discovery (globs, Delta tables at a version, folders of
+                               the layout before Delta), failing early with the flag's name
     check_fingerprints         a table made by another checkpoint is refused before anything runs
     check_unique_users         previous profiles holding a user twice are refused in one line
     read_records               JSONL lines (bounded reader, pipelines.reading) or Parquet rows → ParseRecords
                                → records | dead letters
-    ExplodePreviousProfiles / explode_compressions   a previous run's tables → keyed inputs
-    write_tables / write_dead_letters   the sinks
+    ReadParquet                Parquet files → Arrow tables, page checksums verified, a corrupt file one line
+    ExplodePreviousProfiles / explode_compressions   a previous run's tables → keyed inputs (checked first)
+    write_tables / write_dead_letters   the sinks: Parquet files (page checksums on) into a table's run folder,
+                               committed by the launcher (pipelines.tables)
 """
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io import filebasedsink
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
-from apache_beam.io.textio import WriteToText
+from apache_beam.io.iobase import Write
 
-from pipelines.output_state import current_shards, phase, run_folder
-from pipelines import progress
+from pipelines import faults, progress
 from pipelines.profile_state import Change, PreviousProfile, Update
 from pipelines.reading import ReadJsonLines
 from pipelines.reconcile import Event
-from pipelines.runtime import CliError, counter
+from pipelines.runtime import CliError, InputError, counter
+from pipelines.tables import OutputTable, input_version
 from schemas import DeadLetter, read_metadata, tensor_column, to_table
-from schemas.validation import DEFAULT_MAX_RECORD_BYTES, dead_letter_json, parse_record
+from schemas.tables import TableVersion, is_legacy, legacy_shards
+from schemas.validation import DEFAULT_MAX_RECORD_BYTES, dead_letter_json, parse_record, row_dead_letter
+
+log = logging.getLogger(__name__)
 
 DEAD = "dead"
 IN_PROFILE = "in_profile"
-TABLES = {"Profile": "profiles", "DocumentCompression": "document compressions"}
-DEAD_LETTER_LEGACY = ("dead_letters-*.jsonl",)  # the flat shard names before CURRENT (removed by publish)
-# generate's predictions, in its --output's run folder (before CURRENT: flat in --output); Parquet first.
-PREDICTION_SHARDS = ("predictions-*.parquet", "predictions-*.jsonl")
+TABLES = {"Profile": "profiles", "DocumentCompression": "document compressions", "Prediction": "predictions"}
+# A stored soft prompt or compression with a value beyond this is not one a model wrote (hidden states stay
+# many orders of magnitude below; a bit flip in an exponent does not): the table is refused, never carried.
+MAGNITUDE_BOUND = 1e6
 
 
 def _glob(pattern: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list if not m.path.endswith("/"))
 
 
+def _is_folder(path: str) -> bool:
+    if "://" in path:
+        return False  # object stores have no folders to mistake for files; a prefix simply matches nothing
+    return os.path.isdir(path)
+
+
 def match(pattern: str, flag: str) -> list[str]:
-    """The files a glob names, sorted; a CliError naming the flag when there are none."""
+    """The files a glob names, sorted; a CliError naming the flag when there are none, or for a folder."""
+    if _is_folder(pattern.rstrip("/")):
+        raise CliError(f"{flag} {pattern} is a folder: pass a file or a glob, e.g. {pattern.rstrip('/')}/*.jsonl")
     try:
-        files = _glob(pattern)
+        files = [f for f in _glob(pattern) if not _is_folder(f)]
     except Exception as exc:  # Beam raises BeamIOError/IOError variants per filesystem
         raise CliError(f"{flag} {pattern}: cannot list files ({type(exc).__name__}: {exc})") from None
     if not files:
@@ -53,48 +73,49 @@ def match(pattern: str, flag: str) -> list[str]:
     return files
 
 
-def parquet_shards(path: str, flag: str, run_subfolder: str, paired_with: str | None = None) -> list[str]:
-    """A file, a glob, a shard folder, or a job's output folder with `run_subfolder`/ inside → its shards.
-    `paired_with`: the profiles this table is read together with (--previous_profiles); their commit names
-    the run folders to read (pipelines.output_state: two tables, one commit)."""
+@dataclass
+class InputTable:
+    """What a job reads of a table: its files, and the Delta version they make (None: files or an old folder)."""
+
+    files: list[str]
+    version: TableVersion | None = None
+
+
+def input_table(path: str, flag: str, preferred: str, paired: TableVersion | None = None) -> InputTable:
+    """PATH[@VERSION] (a Delta table, or a job's --output with `preferred`/ inside), a file or a glob, or a
+    folder of the layout before Delta (read for one more release) → the files to read.
+    `paired`: the version the previous profiles were committed with (a refresh reads that matching one)."""
     path = path.rstrip("/")
     if path.endswith(".parquet") or any(c in path for c in "*?["):
-        return match(path, flag)
-    for table in (f"{path}/{run_subfolder}", path):  # a folder with CURRENT: its committed run(s) only
-        if (committed := current_shards(table, paired_with=paired_with)) is not None:
-            if not committed:
-                raise CliError(f"{flag} {path}: {table}/CURRENT names run folders without .parquet shards")
-            return committed
-    for pattern in (f"{path}/{run_subfolder}/*.parquet", f"{path}/*.parquet"):
-        try:
-            found = _glob(pattern)
-        except Exception:  # a missing folder: try the next form
-            found = []
-        if found:
-            return found
-    raise CliError(f"{flag} {path}: no .parquet files there (nor under {path}/{run_subfolder}); pass the "
-                   f"job's --output folder")
+        return InputTable(match(path, flag))
+    if paired is not None and "@" not in path.rsplit("/", 1)[-1]:
+        found = input_version(path, flag, preferred)
+        if found is not None and found.table_id == paired.table_id and found.version != paired.version:
+            found = input_version(f"{found.path}@{paired.version}", flag, preferred)
+            log.info("%s: reading version %d, the one the previous profiles were made with", flag, found.version)
+        if found is not None:
+            return InputTable(found.files, found)
+    if (found := input_version(path, flag, preferred)) is not None:
+        if not found.files:
+            raise CliError(f"{flag} {found.at()}: that version of the table holds no files")
+        return InputTable(found.files, found)
+    for folder in (f"{path}/{preferred}", path):
+        if is_legacy(folder):
+            files = legacy_shards(folder)
+            if files:
+                log.warning("%s %s: a folder of the layout before Delta (read for one more release; the next run "
+                            "writing there converts it)", flag, folder)
+                return InputTable(files)
+    raise CliError(f"{flag} {path}: no table there (no _delta_log, nor under {path}/{preferred}); pass the job's "
+                   f"--output folder or the table's folder")
 
 
-def prediction_files(path: str, flag: str) -> list[str]:
-    """The predictions of generate's --output folder (the run CURRENT names; Parquet, else JSONL), or of a
-    file or glob. A folder without CURRENT (written before it) is read flat, as it was then."""
-    path = path.rstrip("/")
-    if any(c in path for c in "*?[") or path.endswith((".parquet", ".jsonl")):
-        return match(path, flag)
-    committed = [current_shards(path, pattern) for pattern in PREDICTION_SHARDS]
-    legacy = [] if committed[0] is not None else [f"{path}/*.parquet", f"{path}/*.jsonl"]
-    for files in [*committed, *(_glob_quietly(p) for p in legacy)]:
-        if files:
-            return files
-    raise CliError(f"{flag} {path}: no .parquet or .jsonl predictions found (pass generate's --output)")
-
-
-def _glob_quietly(pattern: str) -> list[str]:
-    try:
-        return _glob(pattern)
-    except Exception:  # a missing folder
-        return []
+def prediction_files(path: str, flag: str) -> InputTable:
+    """generate's predictions: its --output folder (the predictions table, current version or @VERSION), the
+    table's folder, or a .parquet / .jsonl file or glob."""
+    if any(c in path for c in "*?[") or path.rstrip("/").endswith((".parquet", ".jsonl")):
+        return InputTable(match(path, flag))
+    return input_table(path, flag, "predictions")
 
 
 def is_parquet(path: str) -> bool:
@@ -162,7 +183,8 @@ def parse_as_dict(record_type, raw, source: str):
 
 class ParseRecords(beam.DoFn):
     """(source, JSONL line | Arrow table) → `parse(raw line or row dict, source)` per record:
-    the record on the main output, or a DeadLetter on DEAD. Blank lines are not records."""
+    the record on the main output, or a DeadLetter on DEAD. Blank lines are not records; a Parquet row
+    Python cannot hold (a timestamp beyond year 9999, ...) is a dead letter, never a crash."""
 
     def __init__(self, parse: Callable, read: str | None, valid: str, dead: str):
         self.parse = parse
@@ -172,14 +194,14 @@ class ParseRecords(beam.DoFn):
     def process(self, element):
         source, payload = element
         if isinstance(payload, pa.Table):
-            raws = payload.to_pylist()
+            raws = _rows(payload, source)
         else:
             raws = [payload] if payload.strip() else []  # bytes, or a reading.Oversized marker
         for raw in raws:
             if self.read is not None:
                 self.read.inc()
                 progress.add(progress.READ)
-            result = self.parse(raw, source)
+            result = raw if isinstance(raw, DeadLetter) else self.parse(raw, source)
             if isinstance(result, DeadLetter):
                 self.dead.inc()
                 yield beam.pvalue.TaggedOutput(DEAD, result)
@@ -188,16 +210,66 @@ class ParseRecords(beam.DoFn):
                 yield result
 
 
+def _rows(table: pa.Table, source: str):
+    """A Parquet table's rows as dicts; a row that does not convert becomes a dead letter saying why."""
+    try:
+        yield from table.to_pylist()
+        return
+    except (ValueError, OverflowError, pa.ArrowException):
+        pass
+    for i in range(table.num_rows):
+        try:
+            yield table.slice(i, 1).to_pylist()[0]
+        except (ValueError, OverflowError, pa.ArrowException) as exc:
+            yield row_dead_letter(table.slice(i, 1), source, exc)
+
+
+class ReadParquet(beam.DoFn):
+    """A Parquet file → (path, Arrow table) per row group, page checksums verified where the file has them.
+    A file that cannot be read whole stops the job with one line (InputError): a half-read table is never
+    used. `columns`: read only these."""
+
+    def __init__(self, flag: str, columns: Sequence[str] | None = None, with_filename: bool = True):
+        self.flag, self.columns, self.with_filename = flag, list(columns) if columns else None, with_filename
+
+    def process(self, path: str):
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                parquet = pq.ParquetFile(f, page_checksum_verification=True)
+                for group in range(parquet.num_row_groups):
+                    table = parquet.read_row_group(group, columns=self.columns)
+                    table = table.replace_schema_metadata(parquet.schema_arrow.metadata)
+                    yield (path, table) if self.with_filename else table
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{self.flag} {path} cannot be read as Parquet ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}): a corrupt or truncated file") from None
+
+
+def check_parquet(files: Sequence[str], flag: str) -> None:
+    """Every Parquet file's footer reads (before anything runs): a corrupt or non-Parquet file is one line."""
+    for path in files:
+        if not is_parquet(path):
+            continue
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                pq.ParquetFile(f).metadata
+        except (OSError, pa.ArrowException) as exc:
+            raise CliError(f"{flag} {path} cannot be read as Parquet ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:200]}); pass an intact Parquet file") from None
+
+
 def read_records(p, label: str, files: Sequence[str], parse: Callable, read: str | None, valid: str, dead: str,
-                 max_line_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+                 max_line_bytes: int = DEFAULT_MAX_RECORD_BYTES, flag: str | None = None):
     """(records, dead letters) from JSONL and Parquet files (told apart by extension). JSONL lines go through
     the bounded reader (pipelines.reading): a line over `max_line_bytes` is never held whole."""
+    flag = flag or f"--{label.lower()}"
+    check_parquet(files, flag)
     records, dead_letters = [], []
     for fmt, chosen in (("Jsonl", [f for f in files if not is_parquet(f)]), ("Parquet", [f for f in files if is_parquet(f)])):
         if not chosen:
             continue
-        reader = (ReadJsonLines(max_line_bytes) if fmt == "Jsonl"
-                  else ReadAllFromParquetBatched(with_filename=True))
+        reader = (ReadJsonLines(max_line_bytes, flag) if fmt == "Jsonl"
+                  else beam.Reshuffle() | beam.ParDo(ReadParquet(flag)))
         parsed = (p | f"List{label}{fmt}" >> beam.Create(chosen) | f"Read{label}{fmt}" >> reader
                   | f"Parse{label}{fmt}" >> beam.ParDo(ParseRecords(parse, read, valid, dead)).with_outputs(
                       DEAD, main="records"))
@@ -209,12 +281,28 @@ def read_records(p, label: str, files: Sequence[str], parse: Callable, read: str
             dead_letters | f"Flatten{label}DeadLetters" >> beam.Flatten())
 
 
+def read_tables(p, label: str, files: Sequence[str], flag: str, columns: Sequence[str] | None = None):
+    """A previous run's table files → Arrow tables (one per row group), checksums verified."""
+    return (p | f"List{label}" >> beam.Create(list(files)) | f"Spread{label}" >> beam.Reshuffle()
+            | f"Read{label}" >> beam.ParDo(ReadParquet(flag, columns, with_filename=False)))
+
+
 # ---- a previous run's tables, as compress_users' keyed inputs ----------------------------
 
-class ExplodePreviousProfiles(beam.DoFn):
-    """A table of previous profiles → the user's Update(PREVIOUS) and an IN_PROFILE event per doc_id."""
+def check_stored(values: np.ndarray, what: str, bound: float) -> None:
+    """Stored vectors are finite and within `bound`, or the table is refused (InputError, one line)."""
+    if values.size and not (np.isfinite(values).all() and float(np.abs(values).max()) <= bound):
+        raise InputError(f"{what} holds a non-finite value or one beyond {bound:g}: the stored table is corrupt; "
+                         "read an earlier version (PATH@VERSION) or rebuild it with a full run")
 
-    def __init__(self):
+
+class ExplodePreviousProfiles(beam.DoFn):
+    """A table of previous profiles → the user's Update(PREVIOUS) and an IN_PROFILE event per doc_id.
+    Each profile is checked first: finite, within MAGNITUDE_BOUND, its mean its sum over its weight,
+    its doc_ids as many as its doc_count (a corrupt table is refused, never carried into new profiles)."""
+
+    def __init__(self, flag: str = "--previous_profiles"):
+        self.flag = flag
         self.read = counter("previous_profiles_read")
 
     def process(self, table: pa.Table):
@@ -222,44 +310,88 @@ class ExplodePreviousProfiles(beam.DoFn):
         # Every scalar column: the recency state's too (files written before it have none: plain means).
         for i, row in enumerate(table.drop_columns(["soft_prompt_sum", "soft_prompt"]).to_pylist()):
             self.read.inc()
+            check_profile(row, sums[i], prompts[i], self.flag)
             previous = PreviousProfile.from_row(row, sums[i], prompts[i])
             yield row["user_id"], Update(Change.PREVIOUS, previous=previous)
             for doc_id in previous.doc_ids:
                 yield beam.pvalue.TaggedOutput(IN_PROFILE, ((row["user_id"], doc_id), Event.in_profile()))
 
 
-def explode_compressions(table: pa.Table):
+def check_profile(row: dict, total: np.ndarray, soft_prompt: np.ndarray, flag: str) -> None:
+    where = f"{flag}: the profile of user {row.get('user_id')!r}"
+    weight = row.get("recency_weight") if row.get("recency_weight") is not None else row.get("doc_count")
+    doc_ids = row.get("doc_ids") or []
+    if row.get("doc_count") != len(doc_ids) or weight is None or not math.isfinite(weight) or weight < 0:
+        raise InputError(f"{where} is inconsistent (doc_count {row.get('doc_count')}, {len(doc_ids)} doc_ids, "
+                         f"weight {weight}): the stored table is corrupt; read an earlier version (PATH@VERSION) "
+                         "or rebuild it with a full run")
+    check_stored(np.asarray(soft_prompt, dtype=np.float64), f"{where} (soft_prompt)", MAGNITUDE_BOUND)
+    check_stored(np.asarray(total, dtype=np.float64), f"{where} (soft_prompt_sum)",
+                 MAGNITUDE_BOUND * max(float(weight), 1.0))
+
+
+def explode_compressions(table: pa.Table, flag: str = "--previous_document_compressions"):
     comps = tensor_column(table, "compression")
+    check_stored(np.asarray(comps, dtype=np.float64), f"{flag}: a stored compression", MAGNITUDE_BOUND)
     for i, row in enumerate(table.drop_columns(["compression"]).to_pylist()):  # created_at: none before version 2
         yield (row["user_id"], row["doc_id"]), Event.stored(comps[i], row.get("created_at"))
+
+
+# ---- the sinks --------------------------------------------------------------------------
+
+class _ParquetSink(filebasedsink.FileBasedSink):
+    """Beam's file sink (temp files, then renamed into place by the runner) writing Arrow tables as Parquet
+    with page checksums, which every reader of ours verifies."""
+
+    def __init__(self, prefix: str, schema: pa.Schema):
+        super().__init__(prefix, coder=None, file_name_suffix=".parquet", num_shards=0,
+                         shard_name_template=None, mime_type="application/x-parquet",
+                         compression_type=CompressionTypes.UNCOMPRESSED)
+        self.schema = schema
+
+    def open(self, temp_path):
+        handle = super().open(temp_path)
+        return handle, pq.ParquetWriter(handle, self.schema, compression="snappy", write_page_checksum=True)
+
+    def write_record(self, file_handle, table: pa.Table):
+        file_handle[1].write_table(table)
+
+    def close(self, file_handle):
+        handle, writer = file_handle
+        writer.close()
+        handle.close()
 
 
 class ToTable(beam.DoFn):
     def __init__(self, schema: pa.Schema):
         self.schema = schema
-        self.tables = 0
 
     def process(self, records):
-        self.tables += 1
-        if self.tables == 2:  # the first table is in the writer's temp file by now
-            phase("writing")
+        faults.point("writing")
         yield to_table(records, self.schema)
 
 
-def write_tables(records, label: str, prefix: str, schema: pa.Schema, rows_per_table: int):
-    """Records → Parquet shards `prefix`-*.parquet, `rows_per_table` rows per row group."""
+def write_tables(records, label: str, table: OutputTable, rows_per_table: int, stem: str | None = None):
+    """Records (pydantic records or row dicts) → Parquet files in `table`'s run folder, `rows_per_table` rows
+    per row group; the launcher commits them (pipelines.tables)."""
+    stem = stem or table.path.rstrip("/").rsplit("/", 1)[-1]
     return (records
             | f"Batch{label}" >> beam.BatchElements(min_batch_size=1, max_batch_size=rows_per_table)
-            | f"{label}ToArrow" >> beam.ParDo(ToTable(schema))
-            | f"Write{label}" >> WriteToParquetBatched(prefix, schema=schema, file_name_suffix=".parquet"))
+            | f"{label}ToArrow" >> beam.ParDo(ToTable(table.schema))
+            | f"Write{label}" >> Write(_ParquetSink(table.prefix(stem), table.schema)))
 
 
+def write_dead_letters(dead_letters: list, table: OutputTable):
+    """Every dead letter of a run → Parquet files in the dead-letter table's run folder (committed by the
+    launcher before the main table: it is what explains a rejected run)."""
+    letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+    return write_tables(letters | "DeadLetterRows" >> beam.Map(dead_letter_row), "DeadLetters", table, 1024,
+                        "dead_letters")
 
 
-def write_dead_letters(dead_letters: list, folder: str, run_id: str):
-    """Every dead letter of a run → folder/RUN_ID/dead_letters-RUN_ID-*.jsonl (a table of its own: the job
-    publishes it after its main output, pipelines.output_state)."""
-    return (dead_letters | "FlattenDeadLetters" >> beam.Flatten()
-            | "DeadLettersToJson" >> beam.Map(dead_letter_json)
-            | "WriteDeadLetters" >> WriteToText(f"{run_folder(folder, run_id)}/dead_letters-{run_id}",
-                                                file_name_suffix=".jsonl"))
+def dead_letter_row(letter: DeadLetter) -> dict:
+    """A dead letter as a row the Arrow writer always takes (DeadLetter escapes what UTF-8 cannot hold)."""
+    try:
+        return letter.model_dump(mode="python")
+    except Exception:  # model_construct'ed or mutated letters: through the JSON form, which holds anything
+        return json.loads(dead_letter_json(letter))

@@ -4,6 +4,11 @@
 loggers (pipelines, commer, schemas) stay at INFO unless --log_level asks for less. Lines Beam logs
 on every local run that say nothing to a user are dropped at the default level, and library
 progress bars (tqdm) are switched off, so they never interleave with the job's own lines.
+
+Record text never reaches a log at any level (DESIGN.md invariant 7): Beam's worker logs every element it
+processes at DEBUG (`Processing [(('u1', {... 'instruction': ...}), MIN_TIMESTAMP, ...`), so the loggers
+that do (ELEMENT_LOGGERS) stay at INFO whatever --log_level says, and a filter on the handler drops any
+other library DEBUG line that carries an element's repr (a windowed value) should a Beam version add one.
 """
 from __future__ import annotations
 
@@ -25,6 +30,26 @@ NOISE = ("Resource module is not available for current platform",  # RunInferenc
          "BatchElements statistics",
          "WriteImpl min_shards undef",
          "Creating state cache with size")
+
+
+# Beam loggers whose DEBUG lines print whole elements (documents, queries, predictions).
+ELEMENT_LOGGERS = ("apache_beam.runners.worker.operations", "apache_beam.runners.worker.bundle_processor",
+                   "apache_beam.runners.common")
+# What an element's repr looks like in a Beam log line (WindowedValue and its parts).
+ELEMENT_MARKS = ("MIN_TIMESTAMP", "GlobalWindow", "WindowedValue", "PaneInfo(")
+
+
+class DropElements(logging.Filter):
+    """Drops library DEBUG lines that print an element (record text may be in it); ComMer's own lines stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG or record.name.split(".")[0] in OWN_LOGGERS:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed library call: drop it rather than risk what it holds
+            return False
+        return not any(mark in message for mark in ELEMENT_MARKS)
 
 
 class DropNoise(logging.Filter):
@@ -50,6 +75,7 @@ def setup(level: str = DEFAULT_LEVEL) -> None:
     numeric = getattr(logging, level)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(DropElements())
     if numeric > logging.INFO:
         handler.addFilter(DropNoise())
     root = logging.getLogger()
@@ -59,6 +85,8 @@ def setup(level: str = DEFAULT_LEVEL) -> None:
     root.setLevel(numeric)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(min(numeric, logging.INFO) if numeric <= logging.WARNING else numeric)
+    for name in ELEMENT_LOGGERS:  # never below INFO: their DEBUG lines are the elements themselves
+        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
     if numeric > logging.INFO:
         # Library bars (weights loading, conversion) would interleave with the progress lines.
         os.environ.setdefault("TQDM_DISABLE", "1")

@@ -116,9 +116,22 @@ def check_batching(flags: argparse.Namespace) -> None:
 def add_dead_letter_flag(parser) -> None:
     """The one dead-letter flag of every job (--dead_letters is kept as a hidden alias)."""
     parser.add_argument(DEAD_LETTER_FLAG, dest="dead_letter_output", default=None,
-                        help="Folder for rejected records as JSONL (stage, reason, ids, raw record). Default: "
+                        help="Delta table folder for rejected records (stage, reason, ids, raw record). Default: "
                              "OUTPUT/dead_letters. It may contain document text: protect it like the input.")
     parser.add_argument("--dead_letters", dest="dead_letter_output", help=argparse.SUPPRESS)
+    parser.add_argument("--max_dead_letter_fraction", type=_fraction, default=0.5,
+                        help="Above this share of an input's records dead-lettered, the job exits non-zero, naming "
+                             "the most common reason, and commits nothing but its dead letters (1 never rejects).")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
 
 
 def add_recency_flag(parser: argparse.ArgumentParser) -> None:

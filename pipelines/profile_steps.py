@@ -33,13 +33,15 @@ class Reconcile(beam.DoFn):
     def __init__(self, now: datetime):
         self.now = now
         self.counters = counters("duplicates", "already_merged", "deletions_applied", "deletions_unmatched",
-                                 *DATE_COUNTERS)
+                                 "deletions_duplicate", *DATE_COUNTERS)
 
     def process(self, element):
         (user_id, doc_id), events = element
         decision = decide(user_id, doc_id, events)
         if decision.deletion is not None:
             self.counters[f"deletions_{decision.deletion.value}"].inc()
+            # The same document named again (ids are compared stripped, as documents' are): counted, not lost.
+            self.counters["deletions_duplicate"].inc(decision.deletion_duplicates)
         if decision.deletion is Deletion.APPLIED:
             yield beam.pvalue.TaggedOutput(REMOVE, (user_id, Update(Change.REMOVE, doc_id, decision.remove,
                                                                     created_at=decision.stored_created_at)))

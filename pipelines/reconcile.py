@@ -89,13 +89,15 @@ class Decision:
     remove: np.ndarray | None = None            # subtract this stored compression from the profile
     carry: np.ndarray | None = None             # stored compression of a document the profile keeps
     deletion: Deletion | None = None            # outcome of a deletion request, if there was one
+    deletion_duplicates: int = 0                # further requests naming the same (normalised) document
     stored_created_at: datetime | None = None   # with `remove` or `carry`: the created_at stored with it
 
 
 def decide(user_id: str, doc_id: str, events: Iterable[Event]) -> Decision:
     """The fate of one document of one user (see the module docstring for the rules)."""
     records: list[ValidDocument] = []
-    in_profile = deleted = False
+    in_profile = False
+    deleted = 0
     stored = stored_created_at = None
     for event in events:
         if event.kind is Kind.RECORD:
@@ -103,10 +105,10 @@ def decide(user_id: str, doc_id: str, events: Iterable[Event]) -> Decision:
         elif event.kind is Kind.IN_PROFILE:
             in_profile = True
         elif event.kind is Kind.DELETE:
-            deleted = True
+            deleted += 1
         elif event.kind is Kind.STORED:
             stored, stored_created_at = event.compression, event.created_at
-    decision = Decision()
+    decision = Decision(deletion_duplicates=max(deleted - 1, 0))
     if deleted:
         if in_profile:
             if stored is None:

@@ -19,14 +19,13 @@ from typing import Iterable, Literal, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from pydantic import BaseModel, Field
 
 from commer import ComMer
 from commer.retrieval import order_by_doc_id, retrieved_soft_prompt, top_m_by_bm25, top_m_by_similarity
 from pipelines.inference import GenerationSettings, resolve_on_worker
-from pipelines.io import check_fingerprints, parquet_shards
+from pipelines.io import check_fingerprints, input_table, read_tables
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
 from schemas import tensor_column
 from schemas.validation import text_key
@@ -74,9 +73,9 @@ def merge_settings(flags, fingerprint: str) -> Optional[MergeSettings]:
 # ---- reading the compressions table -------------------------------------------------------
 
 def compression_shards(flags, merge: MergeSettings) -> list[str]:
-    """--document_compressions' committed shards (CURRENT followed), refused before anything runs when
-    they are not a compressions table or were made by another checkpoint (another embedding space)."""
-    shards = parquet_shards(flags.document_compressions, "--document_compressions", "document_compressions")
+    """--document_compressions' files (the table's current version, or PATH@VERSION), refused before anything
+    runs when they are not a compressions table or were made by another checkpoint (another embedding space)."""
+    shards = input_table(flags.document_compressions, "--document_compressions", "document_compressions").files
     check_fingerprints(shards, merge.fingerprint, "--document_compressions", "DocumentCompression",
                        COMPRESSION_COLUMNS)
     log.info("merge=retrieved: per query the mean of the top %d compressions by %s%s", merge.top_m,
@@ -93,9 +92,7 @@ def compression_rows(table) -> Iterable[tuple[str, dict]]:
 
 
 def read_compressions(pipeline, shards: list[str]):
-    return (pipeline
-            | "CompressionShards" >> beam.Create(shards)
-            | "ReadCompressions" >> ReadAllFromParquetBatched(columns=COMPRESSION_COLUMNS)
+    return (read_tables(pipeline, "Compressions", shards, "--document_compressions", COMPRESSION_COLUMNS)
             | "KeyCompressions" >> beam.FlatMap(compression_rows))
 
 

@@ -1,7 +1,7 @@
 """The job skeleton every ComMer Beam job shares: CLI errors, the checkpoint, run id, running,
 counters (one namespace) and the summary file.
 
-    plan (checks, before anything runs) → run_pipeline → output_state.publish (the commit) → counters → summary
+    plan (checks, before anything runs) → run_pipeline → rejections.check_run → tables.commit_outputs (the commit) → summary
 """
 from __future__ import annotations
 
@@ -33,6 +33,26 @@ INFERENCE_NAMESPACE = "commer_inference"
 
 class CliError(Exception):
     """A user error with a fix; the CLI prints it (naming the flag) without a traceback."""
+
+
+class InputError(ValueError):
+    """Raised on a worker when an input cannot be read whole (a corrupt Parquet page, a truncated gzip file,
+    previous profiles that fail their checks): the job stops, commits nothing, and the launcher prints the
+    message as one line (`run_pipeline` finds it by MARKER in whatever the runner re-raises)."""
+
+    MARKER = "commer-input-error: "
+
+    def __init__(self, message: str):
+        super().__init__(self.MARKER + " ".join(message.split()))
+
+
+def _input_error_line(exc: BaseException) -> str | None:
+    text = str(exc)
+    at = text.find(InputError.MARKER)
+    if at < 0:
+        return None
+    line = text[at + len(InputError.MARKER):].splitlines()[0]
+    return line.split(" [while running", 1)[0].strip()
 
 
 class DryRun(Exception):
@@ -95,11 +115,17 @@ def run_pipeline(options, build: Callable, *args, progress_unit: str | None = No
     pipeline = beam.Pipeline(options=options)
     build(pipeline, *args)
     with progress.report(options, progress_unit):
-        result = pipeline.run()
-        if options.get_all_options().get("dry_run"):
-            runner = options.get_all_options().get("runner") or "the runner"
-            raise DryRun(f"job graph built for {runner.removesuffix('Runner')}, not submitted")
-        result.wait_until_finish()
+        try:
+            result = pipeline.run()
+            if options.get_all_options().get("dry_run"):
+                runner = options.get_all_options().get("runner") or "the runner"
+                raise DryRun(f"job graph built for {runner.removesuffix('Runner')}, not submitted")
+            result.wait_until_finish()
+        except Exception as exc:
+            line = _input_error_line(exc)
+            if line is None:
+                raise
+            raise CliError(f"{line}; nothing was committed") from None
     return result, time.perf_counter() - started
 
 

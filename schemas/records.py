@@ -44,6 +44,31 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# The dates a record may carry (created_at): checked when a record is parsed, so a value at the edge of what
+# Python or Parquet can represent never reaches storage (where converting it back, or to another time zone,
+# would overflow in every later refresh). A naive datetime is taken as UTC.
+EARLIEST_DATE = datetime(1000, 1, 1, tzinfo=timezone.utc)
+LATEST_DATE = datetime(9000, 1, 1, tzinfo=timezone.utc)
+
+
+def check_date(value: Optional[datetime]) -> Optional[datetime]:
+    if value is None:
+        return None
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    try:
+        inside = EARLIEST_DATE <= aware < LATEST_DATE
+    except OverflowError:  # the offset carries it beyond year 1 or 9999
+        inside = False
+    if not inside:
+        raise ValueError(f"date outside the supported range {EARLIEST_DATE.date()} to {LATEST_DATE.date()} (UTC)")
+    return value
+
+
+def blank_to_none(value: Optional[str]) -> Optional[str]:
+    """An empty or whitespace-only reference is no reference (it is never scored)."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=False)
 
@@ -64,6 +89,8 @@ class Document(Record):
         if not value.strip():
             raise ValueError("text is empty after stripping whitespace")
         return value
+
+    _created_at_in_range = field_validator("created_at")(check_date)
 
 
 class Profile(Record):
@@ -122,7 +149,9 @@ class Query(Record):
     user_id: NonEmptyId = Field(description="The user whose profile personalises the answer.")
     query_id: NonEmptyId = Field(description="Unique id of the query.")
     instruction: str = Field(min_length=1, description="What to generate.")
-    reference: Optional[str] = Field(None, description="Reference answer, for perplexity and ROUGE.")
+    reference: Optional[str] = Field(None, description="Reference answer, for perplexity and ROUGE (blank: none).")
+
+    _blank_reference = field_validator("reference")(blank_to_none)
 
 
 class Prediction(Record):
@@ -134,10 +163,43 @@ class Prediction(Record):
     prediction: str = Field(description="The generated text.")
     personalized: bool = Field(description="False when the user had no profile (generated without a soft prompt).")
     doc_count: int = Field(0, ge=0, description="Documents in the profile used (0 when not personalized).")
-    reference: Optional[str] = Field(None, description="The query's reference answer, if it had one.")
+    reference: Optional[str] = Field(None, description="The query's reference answer, if it had one (blank: none).")
     perplexity: Optional[float] = Field(None, description="Perplexity of the reference given the soft prompt.")
     prompt_tokens: int = Field(0, ge=0, description="Positions the generator processed before answering.")
     model_fingerprint: str = Field(description="Fingerprint of the checkpoint used.")
+
+    _blank_reference = field_validator("reference")(blank_to_none)
+
+
+class QueryScore(Record):
+    """One scored query: evaluate's per-query table."""
+
+    user_id: str = Field(description="The user.")
+    query_id: str = Field(description="The query (scored per user_id and query_id).")
+    personalized: bool = Field(description="Whether the answer had the user's profile.")
+    doc_count: int = Field(0, description="Documents in the profile used.")
+    prompt_tokens: int = Field(0, description="Positions the generator processed before answering.")
+    rouge1: Optional[float] = Field(None, description="ROUGE-1 F-measure (None without a reference).")
+    rougeL: Optional[float] = Field(None, description="ROUGE-L F-measure (None without a reference).")
+    perplexity: Optional[float] = Field(None, description="Perplexity of the reference, as generate recorded it.")
+
+
+class UserScore(Record):
+    """One user's scores: evaluate's per-user table (commer.metrics.Aggregate, flattened)."""
+
+    user_id: str = Field(description="The user.")
+    queries: int = Field(description="Queries scored.")
+    personalized: int = Field(description="Of them, answered with the user's profile.")
+    with_reference: int = Field(description="Of them, with a reference (ROUGE's denominator).")
+    rouge1: Optional[float] = Field(None, description="Mean ROUGE-1 over queries with a reference.")
+    rougeL: Optional[float] = Field(None, description="Mean ROUGE-L over queries with a reference.")
+    perplexity_count: int = Field(0, description="Queries with a finite perplexity.")
+    perplexity_mean: Optional[float] = Field(None, description="Arithmetic mean perplexity.")
+    perplexity_geometric_mean: Optional[float] = Field(None, description="exp(mean log perplexity).")
+    perplexity_min: Optional[float] = Field(None, description="Lowest perplexity.")
+    perplexity_max: Optional[float] = Field(None, description="Highest perplexity.")
+    prompt_tokens_mean: Optional[float] = Field(None, description="Mean prompt positions.")
+    doc_count_max: int = Field(0, description="Most documents in a profile used.")
 
 
 class DeadLetter(Record):

@@ -79,12 +79,47 @@ def decode_line(raw: bytes | str, source: str = "",
                      source, _record_text(text))
     except RecursionError:
         return _dead("parse", "malformed JSON: too deeply nested", source, _record_text(text))
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4,300 digits
+        return _dead("parse", f"JSON value Python cannot hold ({_first_words(exc)})", source, _record_text(text))
+
+
+def _first_words(exc: BaseException) -> str:
+    """An exception's message without values (its text before the first colon), for a dead letter's reason."""
+    return f"{type(exc).__name__}: {str(exc).split(':', 1)[0][:80]}"
+
+
+def undecodable(raw: Any, source: str, exc: BaseException, stage: str = "parse") -> DeadLetter:
+    """The dead letter of a record that broke a decoder in a way no rule above foresaw (any ValueError,
+    RecursionError or OverflowError): nothing a record holds may take a job down."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else (
+        raw if isinstance(raw, str) else _safe_json(raw))
+    return _dead(stage, f"record cannot be decoded ({_first_words(exc)})", source,
+                 _record_text(text) if text else None, *_ids(raw))
+
+
+def row_dead_letter(row_table, source: str, exc: BaseException) -> DeadLetter:
+    """A Parquet row Python cannot hold (e.g. a timestamp beyond year 9999): named by the column at fault."""
+    bad = []
+    for name in row_table.column_names:
+        try:
+            row_table.column(name).to_pylist()
+        except (ValueError, OverflowError):
+            bad.append(name)
+    where = f"column {', '.join(repr(b) for b in bad)}" if bad else "a column"
+    return _dead("parse", f"{where} holds a value Python cannot represent ({_first_words(exc)})", source, None)
 
 
 def parse_record(raw: Any, record_type: type[BaseModel], source: str = "",
                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> BaseModel | DeadLetter:
     """The one rule every job applies: a JSONL line (bytes | str) or a decoded row (dict) → a
     validated `record_type`, or a dead letter with a reason (never raises, never quotes values)."""
+    try:
+        return _parse_record(raw, record_type, source, max_record_bytes)
+    except (ValueError, RecursionError, OverflowError) as exc:
+        return undecodable(raw, source, exc)
+
+
+def _parse_record(raw: Any, record_type: type[BaseModel], source: str, max_record_bytes: int) -> BaseModel | DeadLetter:
     raw_text = None
     if isinstance(raw, (bytes, str)):
         decoded = decode_line(raw, source, max_record_bytes)
@@ -124,7 +159,14 @@ def parse_json_line(raw: bytes | str, source: str = "",
 
 def validate_row(row: Any, source: str = "", raw: str | None = None,
                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> ValidDocument | DeadLetter:
-    """A decoded record (JSON object or Parquet row) → a document or a dead letter."""
+    """A decoded record (JSON object or Parquet row) → a document or a dead letter (never raises)."""
+    try:
+        return _validate_row(row, source, raw, max_record_bytes)
+    except (ValueError, RecursionError, OverflowError) as exc:
+        return undecodable(raw if raw is not None else row, source, exc, "validate")
+
+
+def _validate_row(row: Any, source: str, raw: str | None, max_record_bytes: int) -> ValidDocument | DeadLetter:
     if raw is None:
         raw = _safe_json(row)
         if raw is not None and len(raw.encode("utf-8", "surrogatepass")) > max_record_bytes:
@@ -180,7 +222,7 @@ def _ids(row: Any) -> tuple[Any, Any]:
 def _safe_json(row: Any) -> str | None:
     try:
         return json.dumps(row, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError, OverflowError):
         return None
 
 
@@ -217,12 +259,20 @@ def duplicate_letter(doc: ValidDocument, source: str = "") -> DeadLetter:
 
 
 def parse_deletion(row: Any, source: str = "") -> tuple[str, str] | DeadLetter:
-    """A deletion request {user_id, doc_id} → the key, or a dead letter."""
-    if isinstance(row, (bytes, str)):
-        try:
-            row = json.loads(row)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _dead("deletion", "malformed JSON in --deletions", source, None)
+    """A deletion request {user_id, doc_id} → the key, normalised as document ids are (surrounding whitespace
+    stripped), or a dead letter (never raises)."""
+    try:
+        return _parse_deletion(row, source)
+    except (ValueError, RecursionError, OverflowError) as exc:
+        return undecodable(row, source, exc, "deletion")
+
+
+def _parse_deletion(row: Any, source: str) -> tuple[str, str] | DeadLetter:
+    if isinstance(row, Oversized) or isinstance(row, (bytes, str)):
+        decoded = decode_line(row, source)
+        if isinstance(decoded, DeadLetter):
+            return decoded.model_copy(update={"stage": "deletion", "reason": f"--deletions: {decoded.reason}"})
+        row = decoded[0]
     user_id, doc_id = _ids(row)
     user_id, doc_id = (x.strip() if isinstance(x, str) else x for x in (user_id, doc_id))
     if not (isinstance(user_id, str) and user_id and isinstance(doc_id, str) and doc_id) or invalid_unicode(row):

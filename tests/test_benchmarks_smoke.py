@@ -73,3 +73,9 @@ def test_memory_at_scale_smoke():
     from benchmarks import memory_at_scale
     rows = _rows(memory_at_scale.main(["--users", "20,40"]))
     assert [r[0] for r in rows] == ["20", "40"] and all(float(r[1]) > 0 for r in rows)
+
+
+def test_commit_cost_smoke(tmp_path):
+    from benchmarks import commit_cost
+    rows = _rows(commit_cost.main(["--files", "3", "--rows_per_file", "1", "--output", str(tmp_path / "c")]))
+    assert [r[0] for r in rows] == ["0", "1"] and all(r[1] == "3" for r in rows)

@@ -12,7 +12,7 @@ also exercises multi-file input. It also writes:
                              query from a user with no documents (answered unpersonalized)
     dead_letter_demo.jsonl   a few deliberately broken document records, to see dead letters:
                              python3 -m pipelines.compress_users --input pipelines/sample_data/dead_letter_demo.jsonl \
-                                 --output /tmp/commer_dead_letter_demo
+                                 --output /tmp/commer_dead_letter_demo --max_dead_letter_fraction 1
 """
 import json
 import random

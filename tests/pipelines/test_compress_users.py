@@ -14,8 +14,8 @@ from commer import ComMer, ComMerConfig
 from pipelines.compress_users import main, run
 from pipelines.batching import Batching, split_batches
 from pipelines.inference import load_tokenizer, tokenize
-from pipelines.io import parquet_shards
-from pipelines.output_state import current_shards
+from delta_helpers import files as table_files, rows as table_rows
+from pipelines.io import input_table
 from pipelines.runtime import CliError
 from schemas import DocumentCompression, Profile, from_table, read_metadata, read_parquet
 
@@ -92,7 +92,7 @@ def test_end_to_end_small_corpus(tmp_path, tiny_checkpoint, commer_cache, refere
     fingerprint = reference_model.fingerprint()
     assert all(p.model_fingerprint == fingerprint for p in got.values())
 
-    files = parquet_shards(str(tmp_path / "out"), "--profiles", "profiles")  # CURRENT's run folder
+    files = table_files(tmp_path / "out")  # the profiles table's current version
     df = pd.read_parquet(files[0])
     K, d = df.attrs["tensor_shape"]
     assert (K, d) == (4, 64) and df.attrs["commer"]["fingerprint"] == fingerprint
@@ -127,8 +127,7 @@ def test_bad_records_reconcile_exactly(tmp_path, tiny_checkpoint, commer_cache, 
     assert c["records_read"] == c["compressed"] + c["dead_lettered"] + c["duplicates"] + c["already_merged"]
     assert summary["reconciled"] and summary["users"] == 3
 
-    letters = [json.loads(x) for f in current_shards(str(tmp_path / "out" / "dead_letters"), "*.jsonl")
-               for x in Path(f).read_text().splitlines()]
+    letters = table_rows(tmp_path / "out" / "dead_letters")
     assert len(letters) == 9 and all(x["reason"] and x["stage"] for x in letters)
     assert sorted(x["stage"] for x in letters).count("duplicate") == 2
     assert {x["doc_id"] for x in letters if x["stage"] == "validate"} >= {"x3", "x4", "p1"}
@@ -193,7 +192,7 @@ def test_other_fingerprint_is_refused_before_compressing(tmp_path, tiny_checkpoi
     ComMer.from_backbone(tiny_backbone, ComMerConfig(num_compression_tokens=4, max_document_tokens=64, seed=1,
                                                      lora={"r": 8, "alpha": 16, "dropout": 0.0}),
                          cache=commer_cache).save_pretrained(str(other))
-    theirs = read_metadata(pq.read_schema(parquet_shards(str(tmp_path / "first"), "--profiles", "profiles")[0]))["fingerprint"]
+    theirs = read_metadata(pq.read_schema(table_files(tmp_path / "first")[0]))["fingerprint"]
     with pytest.raises(CliError) as err:
         job(tmp_path, str(other), commer_cache, tmp_path / "in.jsonl", "second",
             "--previous_profiles", str(tmp_path / "first"))
@@ -284,32 +283,36 @@ def test_default_backbone_default_command_path(tmp_path, monkeypatch, capsys):
     assert np.isfinite(got["ada"].soft_prompt).all() and got["ada"].doc_count == 2
 
 
-def test_previous_outputs_resolve_from_run_folder_shard_folder_or_file(tmp_path):
+def test_previous_outputs_resolve_from_output_folder_table_file_or_old_layout(tmp_path):
     for sub in ("profiles", "document_compressions"):
         (tmp_path / "run" / sub).mkdir(parents=True)
         pq.write_table(pa.table({"x": [1]}), tmp_path / "run" / sub / f"{sub}-0.parquet")
-    run_folder = str(tmp_path / "run")
-    assert parquet_shards(run_folder, "--previous_profiles", "profiles")[0].endswith("profiles/profiles-0.parquet")
-    assert parquet_shards(run_folder, "--previous_document_compressions", "document_compressions")[0].endswith(
+    run_folder = str(tmp_path / "run")  # the layout before Delta (flat shards): still read for one release
+    assert input_table(run_folder, "--previous_profiles", "profiles").files[0].endswith("profiles/profiles-0.parquet")
+    assert input_table(run_folder, "--previous_document_compressions", "document_compressions").files[0].endswith(
         "document_compressions/document_compressions-0.parquet")
-    assert len(parquet_shards(run_folder + "/profiles", "--previous_profiles", "profiles")) == 1
-    assert len(parquet_shards(run_folder + "/profiles/profiles-0.parquet", "--previous_profiles", "profiles")) == 1
+    assert len(input_table(run_folder + "/profiles", "--previous_profiles", "profiles").files) == 1
+    assert len(input_table(run_folder + "/profiles/profiles-0.parquet", "--previous_profiles", "profiles").files) == 1
     with pytest.raises(CliError, match="--previous_profiles"):
-        parquet_shards(str(tmp_path / "nothing"), "--previous_profiles", "profiles")
+        input_table(str(tmp_path / "nothing"), "--previous_profiles", "profiles")
 
 
-def test_refresh_in_place_replaces_the_old_shards(tmp_path, tiny_checkpoint, commer_cache):
+def test_refresh_in_place_adds_a_version_and_keeps_the_old_one_readable(tmp_path, tiny_checkpoint, commer_cache):
     rows = corpus(users=3, seed=2)
     write_jsonl(tmp_path / "old.jsonl", rows[:-2])
     write_jsonl(tmp_path / "all.jsonl", rows)
-    job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "old.jsonl", "live")
+    first = job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "old.jsonl", "live")
     summary = job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "all.jsonl", "live",
                   "--previous_profiles", str(tmp_path / "live"))
-    shards = [Path(f) for f in parquet_shards(str(tmp_path / "live"), "--profiles", "profiles")]
+    shards = [Path(f) for f in table_files(tmp_path / "live")]
     assert len(shards) == 1 and summary["run_id"] in shards[0].name
-    # One state: CURRENT and this run's folder; the earlier run's folder is gone.
-    assert sorted(p.name for p in (tmp_path / "live" / "profiles").iterdir()) == sorted(["CURRENT", summary["run_id"]])
+    assert summary["committed"]["profiles"] == 1 and first["committed"]["profiles"] == 0
+    # Nothing deleted by the run: the old version's files stay (time travel) until a vacuum.
+    assert sorted(p.name for p in (tmp_path / "live" / "profiles").iterdir()) == sorted(
+        ["_delta_log", first["run_id"], summary["run_id"]])
     assert sum(p.doc_count for p in profiles(tmp_path / "live").values()) == len(rows)
+    assert sum(r["doc_count"] for r in read_parquet(str(tmp_path / "live" / "profiles") + "@0").to_pylist()) \
+        == len(rows) - 2
 
 
 def test_batches_are_length_sorted_and_padding_is_small():

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pipelines import evaluate, generate
-from pipelines.output_state import current_shards
+from delta_helpers import rows as table_rows
 from schemas import Prediction, arrow_schema, read_parquet, write_parquet
 from test_generate import RUNNER, write_profiles, write_queries
 
@@ -24,9 +24,8 @@ def _check_png(path):
 
 
 def _lines(folder, prefix):
-    """The committed rows of one of evaluate's tables (the run folder its CURRENT names)."""
-    return [json.loads(line) for f in current_shards(str(folder), f"{prefix}-*.jsonl")
-            for line in open(f).read().splitlines() if line]
+    """The current rows of one of evaluate's tables (OUTPUT/per_query, OUTPUT/per_user)."""
+    return table_rows(folder / prefix)
 
 
 def test_generate_then_evaluate(tiny_checkpoint, commer_cache, tmp_path):
@@ -151,3 +150,25 @@ def test_corrupt_lamp_references_refused_before_running(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "LaMP" in err and "Traceback" not in err and not (tmp_path / "m").exists()
+
+
+def test_users_sharing_a_query_id_are_each_scored_and_bad_references_never_crash(tmp_path):
+    """Issue 24: two users' "q1" are two scores (per user_id and query_id); an empty reference is not a
+    reference; a references line no JSON decoder takes (huge integer, deep nesting) is counted invalid."""
+    records = [Prediction(user_id=u, query_id=q, prediction=p, personalized=True, doc_count=1, model_fingerprint="fp")
+               for u, q, p in (("u1", "q1", "the cat sat"), ("u2", "q1", "the cat sat on the mat"), ("u3", "q2", "x"))]
+    (tmp_path / "predictions").mkdir()
+    write_parquet(records, str(tmp_path / "predictions" / "p.parquet"), arrow_schema(Prediction))
+    refs = tmp_path / "refs.jsonl"
+    refs.write_bytes(b"\n".join([json.dumps({"query_id": "q1", "reference": "the cat is on the mat"}).encode(),
+                                 json.dumps({"query_id": "q2", "reference": "   "}).encode(),
+                                 b'{"query_id": "q3", "reference": ' + b"9" * 5000 + b"}", b"[" * 100_000]) + b"\n")
+    out = tmp_path / "metrics"
+    assert evaluate.main(RUNNER + [f"--predictions={tmp_path / 'predictions'}", f"--references={refs}",
+                                   f"--output={out}", "--no_plots", "--max_dead_letter_fraction=1"]) == 0
+    per_query = {(r["user_id"], r["query_id"]): r for r in _lines(out, "per_query")}
+    assert sorted(per_query) == [("u1", "q1"), ("u2", "q1"), ("u3", "q2")]
+    assert per_query[("u2", "q1")]["rouge1"] == pytest.approx(5 / 6) and per_query[("u3", "q2")]["rouge1"] is None
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["with_reference"] == 2 and metrics["counts"]["references_invalid"] == 3
+    assert metrics["counts"].get("predictions_duplicate_query_id", 0) == 0

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from commer import ComMer
-from pipelines.output_state import current_shards
+from delta_helpers import rows as table_rows, versions
 from pipelines.runtime import run_cli
 from schemas import Profile, arrow_schema, read_parquet, write_parquet
 
@@ -77,7 +77,7 @@ def generated(tiny, tiny_checkpoint, commer_cache, tmp_path_factory):
     out = root / "predictions"
     code = generate.main(RUNNER + [f"--profiles={profiles}", f"--queries={queries}", f"--output={out}",
                                    f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}",
-                                   "--output_format=both", "--max_new_tokens=6", "--batch_size=2"])
+                                   "--max_new_tokens=6", "--batch_size=2"])
     assert code == 0
     return {"root": root, "out": out, "profiles": profiles, "queries": queries}
 
@@ -117,8 +117,7 @@ def test_predictions_match_direct_model_calls(generated, tiny):
 
 def test_bad_rows_dead_lettered_and_reconciled(generated):
     out = generated["out"]
-    letters = [json.loads(line) for f in current_shards(str(out / "dead_letters"), "*.jsonl")
-               for line in open(f).read().splitlines() if line]
+    letters = table_rows(out / "dead_letters")
     stages = sorted(d["stage"] for d in letters)
     assert stages == ["duplicate", "parse", "validate", "validate"]
     assert any("instruction" in d["reason"] for d in letters)
@@ -128,16 +127,12 @@ def test_bad_rows_dead_lettered_and_reconciled(generated):
     assert summary["predictions_not_personalized"] == 1 and summary["reconciled"] is True
 
 
-def test_jsonl_output_equals_parquet(generated):
-    jsonl = {}
-    for f in current_shards(str(generated["out"]), "predictions-*.jsonl"):
-        for line in open(f).read().splitlines():
-            row = json.loads(line)
-            jsonl[row["query_id"]] = row
-    assert jsonl == _predictions(generated["out"])
-    meta = pq.read_schema(current_shards(str(generated["out"]), "predictions-*.parquet")[0]).metadata
+def test_predictions_are_a_delta_table_with_their_metadata(generated):
+    from deltalake import DeltaTable
+    table = DeltaTable(str(generated["out"] / "predictions"))
+    assert {r["query_id"]: r for r in table.to_pyarrow_table().to_pylist()} == _predictions(generated["out"])
+    meta = pq.read_schema(table.file_uris()[0]).metadata
     assert b"fingerprint" in meta[b"commer"]
-
 
 def test_fingerprint_mismatch_refused_before_running(tiny, tiny_checkpoint, commer_cache, tmp_path, capsys):
     from pipelines import generate
@@ -250,24 +245,22 @@ def test_a_table_that_is_not_profiles_is_refused(tmp_path, tiny_checkpoint, comm
     assert "not a profiles table" in capsys.readouterr().err
 
 
-def test_rerun_into_the_same_output_replaces_the_earlier_shards(tiny, tiny_checkpoint, commer_cache, tmp_path):
-    """A rerun leaves only its own run folder (older runs and flat shards of the layout before CURRENT are
-    removed once it has succeeded); what else the folder holds is left alone."""
+def test_rerun_into_the_same_output_adds_a_version(tiny, tiny_checkpoint, commer_cache, tmp_path):
+    """A rerun commits a new version of the predictions table; it deletes nothing (old files go by vacuum), and
+    what else the folder holds is left alone."""
     from pipelines import generate
     profiles = write_profiles(tiny, tmp_path / "commer_output")
     queries = write_queries(tmp_path / "queries.jsonl", BAD_LINES)
     out = tmp_path / "predictions"
-    stale = out / "predictions-19990101T000000-deadbeef-00000-of-00001.parquet"
-    stale.parent.mkdir()
-    stale.write_bytes(b"left by an earlier run")
+    out.mkdir()
     (out / "notes.txt").write_text("a user's own file")
     flags = RUNNER + [f"--profiles={profiles}", f"--queries={queries}", f"--output={out}", "--max_new_tokens=2",
                       f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}"]
     for _ in range(2):
         assert generate.main(flags) == 0
-    (run_id,) = [p.name for p in out.iterdir() if p.is_dir() and p.name != "dead_letters"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["CURRENT", run_id, "dead_letters", "notes.txt",
+    assert sorted(p.name for p in out.iterdir()) == sorted(["predictions", "dead_letters", "notes.txt",
                                                             "run_summary.json"])
-    assert sorted(p.name for p in (out / "dead_letters").iterdir()) == sorted(["CURRENT", run_id])
-    (shard,) = current_shards(str(out), "predictions-*")
-    assert pq.read_table(shard).num_rows == len(QUERIES) and (out / "CURRENT").read_text() == f"{run_id}\n"
+    assert versions(out / "predictions") == versions(out / "dead_letters") == [0, 1]
+    assert len(table_rows(out / "predictions")) == len(QUERIES)
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["committed"] == {"dead letters": 1, "predictions": 1}

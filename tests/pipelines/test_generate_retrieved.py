@@ -40,7 +40,7 @@ def tiny(tiny_checkpoint, commer_cache):
 
 @pytest.fixture(scope="module")
 def stored(tiny_checkpoint, commer_cache, tmp_path_factory):
-    """Profiles and per-document compressions written by the main job (run folders + CURRENT)."""
+    """Profiles and per-document compressions written by the main job (Delta tables)."""
     root = tmp_path_factory.mktemp("retrieved")
     docs = root / "docs.jsonl"
     docs.write_text("".join(json.dumps({"user_id": u, "doc_id": d, "text": t}) + "\n"
@@ -50,7 +50,7 @@ def stored(tiny_checkpoint, commer_cache, tmp_path_factory):
     compress_users(["--input", str(docs), "--output", str(root / "out"), "--checkpoint", tiny_checkpoint,
                     "--cache_dir", commer_cache, "--direct_running_mode=in_memory", "--batch_size", "2",
                     "--document_compressions_output", str(root / "out" / "document_compressions")])
-    assert (root / "out" / "document_compressions" / "CURRENT").exists()
+    assert (root / "out" / "document_compressions" / "_delta_log").is_dir()
     rows = from_table(read_parquet(str(root / "out" / "document_compressions")), DocumentCompression)
     by_user: dict = {}
     for r in rows:

@@ -11,7 +11,7 @@ import pytest
 from commer.merge import merge_all
 from commer.recency import recency_merge_all
 from pipelines import compress_users
-from pipelines.io import parquet_shards
+from delta_helpers import files as table_files
 from pipelines.profile_state import PreviousProfile, ProfileState, StateError
 from pipelines.profile_steps import Finalize
 from pipelines.runtime import CliError
@@ -91,7 +91,7 @@ def test_chained_nights_with_a_half_life_equal_a_recompute(nights):
     for user, profile in got.items():
         assert full_run[user].doc_ids == profile.doc_ids
         np.testing.assert_allclose(full_run[user].soft_prompt, profile.soft_prompt, rtol=1e-5, atol=1e-6)
-    meta = read_metadata(pq.read_schema(parquet_shards(str(tmp / "n2"), "--profiles", "profiles")[0]))
+    meta = read_metadata(pq.read_schema(table_files(tmp / "n2")[0]))
     assert meta["half_life_days"] == 30 and meta["schema_version"] == 2
 
 
@@ -148,7 +148,7 @@ def test_default_is_the_plain_mean_and_old_files_still_refresh(tmp_path, tiny_ch
     # The same profiles written in the old layout (schema version 1: no recency columns, no half-life).
     (tmp_path / "old").mkdir()
     for name, flag in (("profiles", "--profiles"), ("document_compressions", "--document_compressions")):
-        table = pq.read_table(parquet_shards(str(tmp_path / ("first" if name == "profiles" else "comp")), flag, name)[0])
+        table = pq.read_table(table_files(tmp_path / ("first" if name == "profiles" else "comp"), flag, name)[0])
         table = table.drop_columns([c for c in table.column_names if c.startswith("recency_") or c == "created_at"])
         meta = {k: v for k, v in read_metadata(table).items() if k != "half_life_days"}
         old = table.replace_schema_metadata({b"commer": json.dumps({**meta, "schema_version": 1}).encode()})

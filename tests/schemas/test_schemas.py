@@ -1,4 +1,5 @@
 """Every record type survives a Parquet round trip; tensors keep their K×d shape."""
+import json
 from datetime import datetime, timezone
 
 import numpy as np
@@ -54,10 +55,11 @@ def test_soft_prompt_shape_without_guessing(tmp_path):
     schema = arrow_schema(Profile, (K, D), {"fingerprint": "abc"})
     path = str(tmp_path / "p.parquet")
     write_parquet([SAMPLES[Profile]], path, schema)
-    # pyarrow: the type carries the shape
-    column_type = pq.read_table(path).schema.field("soft_prompt").type
-    assert isinstance(column_type, pa.FixedShapeTensorType) and tuple(column_type.shape) == (K, D)
+    # A plain list of K·d floats (Delta has no fixed-size list); the column's metadata carries the shape.
+    field = pq.read_table(path).schema.field("soft_prompt")
+    assert pa.types.is_list(field.type) and json.loads(field.metadata[b"commer.shape"]) == [K, D]
     assert tensor_column(pq.read_table(path), "soft_prompt").shape == (1, K, D)
+    assert tensor_column(pq.read_table(path).replace_schema_metadata(None), "soft_prompt").shape == (1, K, D)
     # pandas: flattened rows, and the shape in df.attrs
     df = pd.read_parquet(path)
     shape = tuple(df.attrs["tensor_shape"])
@@ -81,6 +83,18 @@ def test_folder_of_shards_and_remote_path():
 def test_document_validation(bad):
     with pytest.raises(ValidationError):
         Document.model_validate(bad)
+
+
+def test_fixed_shape_tensor_files_of_the_layout_before_delta_still_read(tmp_path):
+    sample = SAMPLES[Profile]
+    old = pa.table({"soft_prompt": pa.FixedShapeTensorArray.from_numpy_ndarray(np.stack([sample.soft_prompt] * 2))})
+    assert tensor_column(old, "soft_prompt").shape == (2, K, D)
+
+
+def test_a_tensor_column_of_the_wrong_length_is_refused():
+    table = pa.table({"soft_prompt": pa.array([[1.0] * (K * D - 1)], pa.list_(pa.float32()))})
+    with pytest.raises(ValueError, match="K·d"):
+        tensor_column(table, "soft_prompt", (K, D))
 
 
 def test_tensor_record_needs_shape():
