@@ -20,48 +20,18 @@ Reconciliation: records_read = compressed + dead_lettered + duplicates + already
 """
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
-from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
-import apache_beam as beam
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
-from apache_beam.ml.inference.base import RunInference
-from pydantic import BaseModel, Field
-
-from pipelines.combiners import AccumulatorFn, unchanged
-from pipelines.batching import Batching
-from pipelines.half_life import check_half_life
-from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
-from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints,
-                          check_unique_users, explode_compressions, match, parquet_shards, read_records,
-                          write_dead_letters, write_tables)
-from pipelines.options import (add_batching_flags, add_dead_letter_flag, add_model_flags, add_recency_flag,
-                               check_batching, dead_letter_folder, job_parser, parse, wants_help)
-from pipelines.output_state import phase, publish, publish_profiles, run_folder
-from pipelines.profile_state import Change, ProfileState, Update, apply_update
-from pipelines.profile_steps import CARRY, DATE_COUNTERS, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
-from pipelines.reconcile import Event
-from pipelines.runtime import (CliError, checkpoint_config, counter_values, new_run_id, run_cli,
-                               run_pipeline, write_json)
-from schemas import DocumentCompression, Profile, arrow_schema
-from schemas.validation import DEFAULT_MAX_RECORD_BYTES, parse_deletion, parse_json_line, validate_row
-
-log = logging.getLogger(__name__)
+from pipelines.flags import (add_batching_flags, add_dead_letter_flag, add_model_flags, add_recency_flag, answer_help,
+                             job_parser, required_help, wants_help)
+from schemas.validation import DEFAULT_MAX_RECORD_BYTES
 
 SAMPLE_INPUT = str(Path(__file__).parent / "sample_data" / "documents-*.jsonl")
-COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "already_merged", "compressed",
-            "truncated", "tokens", "deletions_requested", "deletions_applied", "deletions_unmatched",
-            "deletions_invalid", "profiles_written", "profiles_new", "profiles_updated", "profiles_unchanged",
-            "profiles_removed", "profiles_rebuilt", "previous_profiles_read", "padding_tokens", *DATE_COUNTERS)
 
 parser = job_parser(
     "python -m pipelines.compress_users",
     "Compress each user's documents into one ComMer soft prompt (Apache Beam). With only --output: the shipped "
-    "sample corpus on the in-process FnApiRunner (the DirectRunner's batch engine).")
+    "sample corpus on the in-process FnApiRunner (the DirectRunner's batch engine).", required=("output",))
 add_dead_letter_flag(parser)
 add_model_flags(parser)
 add_recency_flag(parser)
@@ -69,9 +39,10 @@ parser.add_argument("--input", default=None, help="Documents: a file glob, local
                     "are read as Parquet, all others as JSONL (gzip by extension). Each record: user_id, doc_id, "
                     "text (+ optional created_at). Default: the sample corpus shipped in the package "
                     "(sample_data/documents-*.jsonl).")
-parser.add_argument("--output", default=None, help="Required. Output folder (local or gs://): profiles in "
-                    "OUTPUT/profiles/*.parquet and OUTPUT/run_summary.json. Profile shards of earlier runs there "
-                    "are replaced once this run succeeds.")
+parser.add_argument("--output", default=None, help=required_help(
+                    "Output folder (local or gs://): the profiles table OUTPUT/profiles/ (its CURRENT names the "
+                    "run folder holding the Parquet shards), the dead letters OUTPUT/dead_letters/ and "
+                    "OUTPUT/run_summary.json. An earlier run's profiles there are replaced once this run succeeds."))
 parser.add_argument("--document_compressions_output", default=None, help="Optional folder for per-document K×d "
                     "compressions (Parquet). Keep it: it is what a later run needs as "
                     "--previous_document_compressions to apply --deletions exactly.")
@@ -92,6 +63,45 @@ parser.add_argument("--max_record_bytes", type=int, default=DEFAULT_MAX_RECORD_B
                     "than this are dead-lettered as oversized.")
 parser.add_argument("--profiles_per_table", type=int, default=256, help="Profiles per Parquet row group written "
                     "(bounds writer memory).")
+
+if __name__ == "__main__":
+    answer_help(parser)  # before Beam, torch and the model code are imported: --help answers at once
+
+# ---- the job (imported after the flags, so --help never waits for these) ------------------
+import argparse
+import logging
+import sys
+from datetime import datetime, timezone
+from functools import partial
+
+import apache_beam as beam
+from apache_beam.io.parquetio import ReadAllFromParquetBatched
+from apache_beam.ml.inference.base import RunInference
+from pydantic import BaseModel, Field
+
+from pipelines.batching import Batching
+from pipelines.combiners import AccumulatorFn, unchanged
+from pipelines.half_life import check_half_life
+from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
+from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints,
+                          check_unique_users, explode_compressions, match, parquet_shards, read_records,
+                          write_dead_letters, write_tables)
+from pipelines.options import check_batching, dead_letter_folder, parse
+from pipelines.output_state import phase, publish, publish_profiles, run_folder
+from pipelines.profile_state import Change, ProfileState, Update, apply_update
+from pipelines.profile_steps import CARRY, DATE_COUNTERS, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
+from pipelines.reconcile import Event
+from pipelines.runtime import (CliError, checkpoint_config, counter_values, new_run_id, run_cli,
+                               run_pipeline, write_json)
+from schemas import DocumentCompression, Profile, arrow_schema
+from schemas.validation import parse_deletion, parse_json_line, validate_row
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "already_merged", "compressed",
+            "truncated", "tokens", "deletions_requested", "deletions_applied", "deletions_unmatched",
+            "deletions_invalid", "profiles_written", "profiles_new", "profiles_updated", "profiles_unchanged",
+            "profiles_removed", "profiles_rebuilt", "previous_profiles_read", "padding_tokens", *DATE_COUNTERS)
 
 
 class JobPlan(BaseModel):
@@ -286,7 +296,7 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
 
 def run(argv: list[str]) -> dict:
     """Build, run and report; returns the run summary (also written to OUTPUT/run_summary.json)."""
-    flags, options = parse(parser, argv, required=("output",), check=True)
+    flags, options = parse(parser, argv, required=parser.required_flags, check=True)
     plan = make_plan(flags)
     if not plan.trained:
         print(f"note: checkpoint {plan.checkpoint} is UNTRAINED (seeded initialisation); profiles are valid "

@@ -19,6 +19,28 @@ that had a reference then) and only aggregated here.
 """
 from __future__ import annotations
 
+from pipelines.flags import add_dead_letter_flag, answer_help, job_parser, required_help, wants_help
+
+parser = job_parser("python -m pipelines.evaluate", __doc__, required=("predictions", "output"))
+parser.add_argument("--predictions", default=None,
+                    help=required_help("generate's --output folder, or a predictions file/glob (.parquet or .jsonl)."))
+parser.add_argument("--references", default=None,
+                    help="Optional references by query_id: LaMP's outputs JSON ({\"task\", \"golds\": "
+                         "[{\"id\", \"output\"}]}), or JSONL/Parquet rows with query_id (or id) and "
+                         "reference (or output). Default: the reference stored on each prediction.")
+parser.add_argument("--output", default=None,
+                    help=required_help("Output folder: metrics.json, PNG plots, RUN_ID/per_query-*.jsonl and "
+                                       "RUN_ID/per_user-*.jsonl (the run CURRENT names)."))
+parser.add_argument("--use_stemmer", action="store_true",
+                    help="Porter-stem words before ROUGE. Off by default, as in LaMP's evaluation "
+                         "(HF evaluate's rouge defaults).")
+parser.add_argument("--no_plots", action="store_true", help="Skip the PNG plots.")
+add_dead_letter_flag(parser)
+
+if __name__ == "__main__":
+    answer_help(parser)  # before Beam and the metric libraries are imported: --help answers at once
+
+# ---- the job (imported after the flags, so --help never waits for these) ------------------
 import json
 import logging
 import time
@@ -32,7 +54,7 @@ from commer import metrics as m
 from pipelines import plots
 from pipelines.combiners import AccumulatorFn
 from pipelines.io import DEAD_LETTER_LEGACY, match, parse_as_dict, prediction_files, read_records, write_dead_letters
-from pipelines.options import add_dead_letter_flag, dead_letter_folder, job_parser, parse, wants_help
+from pipelines.options import dead_letter_folder, parse
 from pipelines.output_state import phase, publish, run_folder
 from pipelines.runtime import CliError, counter_values, counters, new_run_id, run_cli, run_pipeline, write_json
 from schemas import Prediction
@@ -40,23 +62,6 @@ from schemas import Prediction
 log = logging.getLogger(__name__)
 
 AGGREGATES = "_aggregates.jsonl"
-
-
-parser = job_parser("python -m pipelines.evaluate", __doc__)
-parser.add_argument("--predictions", default=None,
-                    help="generate's --output folder, or a predictions file/glob (.parquet or .jsonl).")
-parser.add_argument("--references", default=None,
-                    help="Optional references by query_id: LaMP's outputs JSON ({\"task\", \"golds\": "
-                         "[{\"id\", \"output\"}]}), or JSONL/Parquet rows with query_id (or id) and "
-                         "reference (or output). Default: the reference stored on each prediction.")
-parser.add_argument("--output", default=None,
-                    help="Output folder: metrics.json, PNG plots, RUN_ID/per_query-*.jsonl and "
-                         "RUN_ID/per_user-*.jsonl (the run CURRENT names).")
-parser.add_argument("--use_stemmer", action="store_true",
-                    help="Porter-stem words before ROUGE. Off by default, as in LaMP's evaluation "
-                         "(HF evaluate's rouge defaults).")
-parser.add_argument("--no_plots", action="store_true", help="Skip the PNG plots.")
-add_dead_letter_flag(parser)
 
 
 # ---- inputs -----------------------------------------------------------------------------
@@ -252,7 +257,7 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv, required=("predictions", "output"), check=True)
+    opts, options = parse(parser, argv, required=parser.required_flags, check=True)
     files = prediction_files(opts.predictions, "--predictions")
     if opts.references:
         check_references(opts.references)

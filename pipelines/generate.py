@@ -22,44 +22,22 @@ none (no personalization), all on the same frozen backbone so quality and prompt
 """
 from __future__ import annotations
 
-import json
-import logging
-from functools import partial
-from typing import Iterable
-
-import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-from pydantic import ValidationError
-
-from commer.prompting import UserDocuments
-from pipelines.inference import IN_PROMPT_MAX_TOKENS, ComMerGenerator, GenerationSettings
-from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, PREDICTION_SHARDS, check_fingerprints, match, parquet_shards,
-                          parse_as_dict, read_records, write_dead_letters)
-from pipelines.options import (add_dead_letter_flag, add_merge_flags, add_model_flags, dead_letter_folder, job_parser,
-                               parse, wants_help)
-from pipelines.output_state import phase, publish, run_folder
-from pipelines.retrieved_merge import (MergeSettings, UserPool, compress_instructions, compression_shards,
-                                       merge_settings, read_compressions)
-from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, run_cli,
-                               run_pipeline, write_json)
-from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, tensor_column
-from schemas.validation import describe_errors
-
-log = logging.getLogger(__name__)
+from pipelines.flags import (IN_PROMPT_MAX_TOKENS, add_dead_letter_flag, add_merge_flags, add_model_flags, answer_help,
+                             job_parser, required_help, wants_help)
 
 MODES = ("commer", "in_prompt", "none")
-PROFILE_COLUMNS = ["user_id", "doc_count", "soft_prompt", "model_fingerprint"]
 
-parser = job_parser("python -m pipelines.generate", __doc__)
+parser = job_parser("python -m pipelines.generate", __doc__, required=("queries", "output"))
 parser.add_argument("--profiles", default=None,
                     help="Profiles table from compress_users: its output folder (profiles/ inside is used), "
                          "the profiles folder, or one .parquet file. Needed with --mode=commer.")
 parser.add_argument("--queries", default=None,
-                    help="Queries: JSONL (.jsonl/.json, optionally .gz) or Parquet (.parquet) file or glob, "
-                         "with user_id, query_id, instruction and optional reference.")
+                    help=required_help("Queries: JSONL (.jsonl/.json, optionally .gz) or Parquet (.parquet) file or "
+                                       "glob, with user_id, query_id, instruction and optional reference."))
 parser.add_argument("--output", default=None,
-                    help="Output folder: RUN_ID/predictions-*.parquet (and/or .jsonl) named by CURRENT, "
-                         "run_summary.json. An earlier run's predictions there are replaced once this run succeeds.")
+                    help=required_help("Output folder: RUN_ID/predictions-*.parquet (and/or .jsonl) named by CURRENT, "
+                                       "run_summary.json. An earlier run's predictions there are replaced once this "
+                                       "run succeeds."))
 parser.add_argument("--output_format", default="parquet", choices=["parquet", "jsonl", "both"],
                     help="Predictions as Parquet (schemas.Prediction), JSON lines, or both.")
 parser.add_argument("--mode", default="commer", choices=list(MODES),
@@ -86,6 +64,36 @@ parser.add_argument("--batch_size", type=int, default=16, help="Queries generate
 add_merge_flags(parser)
 add_dead_letter_flag(parser)
 add_model_flags(parser)
+
+if __name__ == "__main__":
+    answer_help(parser)  # before Beam, torch and the model code are imported: --help answers at once
+
+# ---- the job (imported after the flags, so --help never waits for these) ------------------
+import json
+import logging
+from functools import partial
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+from pydantic import ValidationError
+
+from commer.prompting import UserDocuments
+from pipelines.inference import ComMerGenerator, GenerationSettings
+from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, PREDICTION_SHARDS, check_fingerprints, match, parquet_shards,
+                          parse_as_dict, read_records, write_dead_letters)
+from pipelines.options import dead_letter_folder, parse
+from pipelines.output_state import phase, publish, run_folder
+from pipelines.retrieved_merge import (MergeSettings, UserPool, compress_instructions, compression_shards,
+                                       merge_settings, read_compressions)
+from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, run_cli,
+                               run_pipeline, write_json)
+from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, tensor_column
+from schemas.validation import describe_errors
+
+log = logging.getLogger(__name__)
+
+PROFILE_COLUMNS = ["user_id", "doc_count", "soft_prompt", "model_fingerprint"]
 
 
 def profile_rows(table) -> Iterable[tuple[str, dict]]:
@@ -233,7 +241,7 @@ def settings_from(opts) -> GenerationSettings:
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv, required=("queries", "output"), check=True)
+    opts, options = parse(parser, argv, required=parser.required_flags, check=True)
     settings = settings_from(opts)
     merge = merge_settings(opts, settings.fingerprint)
     if opts.mode == "commer" and not opts.profiles and merge is None:

@@ -26,6 +26,7 @@ from commer.model import tokenize_documents
 from commer.precision import resolve_dtype
 from commer.prompting import fit_documents
 from pipelines import progress
+from pipelines.flags import IN_PROMPT_MAX_TOKENS
 from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
 from pipelines.output_state import phase
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
@@ -33,10 +34,6 @@ from schemas import Prediction
 from schemas.validation import ValidDocument
 
 log = logging.getLogger(__name__)
-
-# In-prompt prompts hold whole documents: the checkpoint's instruction limit (sized for
-# ComMer's short prompts) would cut them and make the baseline look cheaper than it is.
-IN_PROMPT_MAX_TOKENS = 2048
 
 _MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()

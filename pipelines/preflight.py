@@ -23,7 +23,7 @@ import google.auth
 from commer import BackboneError, CheckpointError
 from commer.checkpoint import backbone_for, read_config
 from commer.defaults import default_checkpoint
-from pipelines.runtime import CliError
+from pipelines.flags import CliError
 
 # Flags (job flags and Beam's) that may name remote paths.
 PATH_FLAGS = ("input", "output", "checkpoint", "backbone", "previous_profiles", "previous_document_compressions",

@@ -23,16 +23,13 @@ from commer.checkpoint import read_config
 from commer.config import ComMerConfig
 from commer.defaults import default_checkpoint
 from pipelines import logs, progress
+from pipelines.flags import CliError  # noqa: F401 (jobs and tests import it from here too)
 
 log = logging.getLogger(__name__)
 
 # Every job's counters live in this namespace (RunInference's own metrics in INFERENCE_NAMESPACE).
 NAMESPACE = "commer"
 INFERENCE_NAMESPACE = "commer_inference"
-
-
-class CliError(Exception):
-    """A user error with a fix; the CLI prints it (naming the flag) without a traceback."""
 
 
 class DryRun(Exception):
