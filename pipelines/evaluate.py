@@ -54,6 +54,7 @@ from commer import metrics as m
 from pipelines import plots
 from pipelines.combiners import AccumulatorFn
 from pipelines.io import DEAD_LETTER_LEGACY, match, parse_as_dict, prediction_files, read_records, write_dead_letters
+from pipelines.offline import stands_in
 from pipelines.options import dead_letter_folder, parse
 from pipelines.output_state import phase, publish, run_folder
 from pipelines.runtime import CliError, counter_values, counters, new_run_id, run_cli, run_pipeline, write_json
@@ -73,7 +74,7 @@ def check_references(path: str) -> None:
     fail deep inside the pipeline, and a partly read one would silently skew the metrics.
     """
     files = match(path, "--references")
-    if path.endswith(".json"):
+    if path.endswith(".json") and not stands_in(path):
         for file in files:
             with FileSystems.open(file) as f:
                 try:

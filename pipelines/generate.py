@@ -76,20 +76,18 @@ from typing import Iterable
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
-from pydantic import ValidationError
 
 from commer.prompting import UserDocuments
-from pipelines.inference import ComMerGenerator, GenerationSettings
+from pipelines.inference import ComMerGenerator, GenerationSettings, generation_settings
 from pipelines.io import (DEAD, DEAD_LETTER_LEGACY, PREDICTION_SHARDS, check_fingerprints, match, parquet_shards,
                           parse_as_dict, read_records, write_dead_letters)
 from pipelines.options import dead_letter_folder, parse
 from pipelines.output_state import phase, publish, run_folder
 from pipelines.retrieved_merge import (MergeSettings, UserPool, compress_instructions, compression_shards,
-                                       merge_settings, read_compressions)
+                                       merge_report, merge_settings, merge_summary, read_compressions)
 from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, run_cli,
                                run_pipeline, write_json)
 from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, tensor_column
-from schemas.validation import describe_errors
 
 log = logging.getLogger(__name__)
 
@@ -223,26 +221,11 @@ def _count_prediction(row: dict) -> dict:
     return row
 
 
-def settings_from(opts) -> GenerationSettings:
-    checkpoint, config = checkpoint_config(opts)
-    if not config.trained and opts.mode == "commer":
-        log.warning("checkpoint %s is untrained (trained=false): soft prompts carry little meaning", checkpoint)
-    try:
-        return GenerationSettings(
-            checkpoint=checkpoint, backbone=opts.backbone, dtype=opts.dtype, device=opts.device,
-            cache_dir=opts.cache_dir, fingerprint=config.fingerprint, mode=opts.mode,
-            num_documents=opts.num_documents, max_prompt_tokens=opts.max_prompt_tokens,
-            max_new_tokens=opts.max_new_tokens, do_sample=opts.do_sample, temperature=opts.temperature,
-            top_p=opts.top_p, seed=opts.seed, batch_size=opts.batch_size)
-    except ValidationError as exc:
-        raise CliError(f"invalid flag value: {describe_errors(exc)} (see --help)") from None
-
-
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
     opts, options = parse(parser, argv, required=parser.required_flags, check=True)
-    settings = settings_from(opts)
+    settings = generation_settings(opts)
     merge = merge_settings(opts, settings.fingerprint)
     if opts.mode == "commer" and not opts.profiles and merge is None:
         raise CliError("--mode=commer needs --profiles (compress_users' --output folder); "
@@ -282,12 +265,14 @@ def main(argv: list[str]) -> int:
         "reconciled": read == answered + rejected + duplicates,
         "seconds": round(seconds, 2),
         "settings": settings.model_dump(),
-        # How each soft prompt was merged: the whole profile, or the top M stored compressions per query.
-        "merge": {"merge": "all"} if merge is None else {"merge": "retrieved", **merge.model_dump(exclude={"fingerprint"})},
+        "merge": merge_summary(merge, counts),
     }
     write_json(f"{output}/run_summary.json", summary)
-    print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized), "
-          f"{rejected} dead-lettered, {duplicates} duplicates  ({seconds:.1f} s)")
+    print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized, "
+          f"{summary['predictions_not_personalized']} not), {rejected} dead-lettered, {duplicates} duplicates  "
+          f"({seconds:.1f} s)")
+    for line in merge_report(summary["merge"], answered):
+        print(line)
     extension = "jsonl" if opts.output_format == "jsonl" else "parquet"
     print(f"predictions: {run_folder(output, run_id)}/predictions-*.{extension} (named by {output}/CURRENT)  "
           f"dead letters: {dead_letter_folder(opts)}  summary: {output}/run_summary.json")

@@ -23,6 +23,7 @@ from apache_beam.io.textio import WriteToText
 
 from pipelines.output_state import current_shards, phase, run_folder
 from pipelines import progress
+from pipelines.offline import stands_in
 from pipelines.profile_state import Change, PreviousProfile, Update
 from pipelines.reading import ReadJsonLines
 from pipelines.reconcile import Event
@@ -44,6 +45,8 @@ def _glob(pattern: str) -> list[str]:
 
 def match(pattern: str, flag: str) -> list[str]:
     """The files a glob names, sorted; a CliError naming the flag when there are none."""
+    if stands_in(pattern):
+        return [pattern]
     try:
         files = _glob(pattern)
     except Exception as exc:  # Beam raises BeamIOError/IOError variants per filesystem
@@ -60,6 +63,8 @@ def parquet_shards(path: str, flag: str, run_subfolder: str, paired_with: str | 
     path = path.rstrip("/")
     if path.endswith(".parquet") or any(c in path for c in "*?["):
         return match(path, flag)
+    if stands_in(path):
+        return [f"{path}/{run_subfolder}/*/*.parquet"]
     for table in (f"{path}/{run_subfolder}", path):  # a folder with CURRENT: its committed run(s) only
         if (committed := current_shards(table, paired_with=paired_with)) is not None:
             if not committed:
@@ -82,6 +87,8 @@ def prediction_files(path: str, flag: str) -> list[str]:
     path = path.rstrip("/")
     if any(c in path for c in "*?[") or path.endswith((".parquet", ".jsonl")):
         return match(path, flag)
+    if stands_in(path):
+        return [f"{path}/*/{PREDICTION_SHARDS[0]}"]
     committed = [current_shards(path, pattern) for pattern in PREDICTION_SHARDS]
     legacy = [] if committed[0] is not None else [f"{path}/*.parquet", f"{path}/*.jsonl"]
     for files in [*committed, *(_glob_quietly(p) for p in legacy)]:
@@ -106,7 +113,7 @@ def check_fingerprints(files: Sequence[str], expected: str, flag: str, record: s
     """Refuse tables of another record type or made with another checkpoint (their vectors live in
     another embedding space). Reads Parquet footers and the (tiny, dictionary-encoded) fingerprint
     column only, so it stays cheap for millions of rows."""
-    for path in files:
+    for path in [f for f in files if not stands_in(f)]:
         try:
             f = FileSystems.open(path)
             parquet = pq.ParquetFile(f)
@@ -137,7 +144,7 @@ def check_unique_users(files: Sequence[str], flag: str) -> None:
     """Refuse previous profiles that hold a user twice (e.g. two runs' shards mixed in an old folder), in
     one line naming the user and the files, before anything runs. Reads the user_id column only."""
     columns = []
-    for path in files:
+    for path in [f for f in files if not stands_in(f)]:
         with FileSystems.open(path) as f:
             ids = pq.ParquetFile(f).read(columns=["user_id"]).column(0).combine_chunks()
         columns.append(pa.table({"user_id": ids, "file": pa.array([path] * len(ids), pa.string())}))

@@ -15,6 +15,7 @@ from typing import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipelines.flags import DEAD_LETTER_FLAG, CliError, flag_names  # noqa: F401 (DEAD_LETTER_FLAG: one name)
+from pipelines.offline import set_dry_run
 from pipelines.preflight import run_checks
 
 # With no --runner, jobs run on the FnApiRunner: the engine Beam 2.77's DirectRunner uses for
@@ -53,6 +54,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str], required: Sequen
         if not getattr(flags, name):
             raise CliError(f"--{name} is required (see {parser.prog} --help)")
     options = PipelineOptions(with_local_runner(rest))
+    set_dry_run(options.get_all_options().get("dry_run"))  # nothing remote is read to build a dry run's graph
     if check:
         run_checks(flags, options)
     return flags, options

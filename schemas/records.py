@@ -136,6 +136,10 @@ class Prediction(Record):
     doc_count: int = Field(0, ge=0, description="Documents in the profile used (0 when not personalized).")
     reference: Optional[str] = Field(None, description="The query's reference answer, if it had one.")
     perplexity: Optional[float] = Field(None, description="Perplexity of the reference given the soft prompt.")
+    perplexity_unpersonalized: Optional[float] = Field(
+        None, description="Perplexity of the same reference for the same instruction without the profile (no soft "
+                          "prompt, no documents), scored in the same pass; set for personalized queries only, so "
+                          "evaluate compares each query with itself.")
     prompt_tokens: int = Field(0, ge=0, description="Positions the generator processed before answering.")
     model_fingerprint: str = Field(description="Fingerprint of the checkpoint used.")
 
