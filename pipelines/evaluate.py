@@ -163,13 +163,14 @@ class AttachReference(beam.DoFn):
             if row["reference"] != reference and row["perplexity"] is not None:
                 # generate scored another text; its perplexity says nothing about this one.
                 self.counters["perplexity_dropped_reference_changed"].inc()
-                row = {**row, "perplexity": None}
+                row = {**row, "perplexity": None, "perplexity_unpersonalized": None}
             row = {**row, "reference": reference}
         return [row]
 
 
 def score_row(row: dict, use_stemmer: bool) -> dict:
-    scores = m.score(row["prediction"], row["reference"], row["perplexity"], use_stemmer)
+    scores = m.score(row["prediction"], row["reference"], row["perplexity"], use_stemmer,
+                     row.get("perplexity_unpersonalized"))
     return {"user_id": row["user_id"], "query_id": row["query_id"], "personalized": row["personalized"],
             "doc_count": row["doc_count"], "prompt_tokens": row["prompt_tokens"], **scores}
 
@@ -238,6 +239,10 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
         "rouge": {"library": "rouge-score", "types": list(m.ROUGE_TYPES), "measure": "fmeasure",
                   "use_stemmer": use_stemmer, "aggregation": "mean over queries with a reference",
                   "conventions": "LaMP (texts stripped, default tokenizer)"},
+        "perplexity": {"aggregation": "geometric mean over queries: exp(mean log perplexity), each query's "
+                                      "perplexity being exp(mean token NLL of its reference)",
+                       "paired": "the same personalized queries scored with and without the profile (generate "
+                                 "scores both); ratio < 1: the profile makes the references more likely"},
         "counts": counts, "overall": None, "by_personalization": {}, "by_doc_count": [], "per_user": {},
     }
     for line in aggregate_lines:
@@ -283,14 +288,20 @@ def main(argv: list[str]) -> int:
     write_json(f"{output}/metrics.json", metrics)
     overall = metrics["overall"]
     print(f"predictions: {overall['queries']}, {overall['with_reference']} with a reference: ROUGE-1 "
-          f"{_fmt(overall['rouge1'])}, ROUGE-L {_fmt(overall['rougeL'])}, mean perplexity {_fmt(overall['perplexity']['mean'])}")
+          f"{_fmt(overall['rouge1'])}, ROUGE-L {_fmt(overall['rougeL'])}, perplexity (geometric mean) "
+          f"{_fmt(overall['perplexity']['geometric_mean'], 1)}")
+    paired = overall["paired"]
+    if paired["queries"]:
+        print(f"the profile's effect on the same {paired['queries']} queries: perplexity "
+              f"{paired['perplexity_without_profile']:.1f} without → {paired['perplexity_with_profile']:.1f} with "
+              f"(×{paired['ratio']:.3f})")
     print(f"metrics: {output}/metrics.json  per query/user: {committed}/  "
           f"plots: {' '.join(metrics['files']['plots']) or 'none (--no_plots)'}")
     return 0
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":
