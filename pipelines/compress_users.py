@@ -264,6 +264,9 @@ def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
     return {
         "run_id": plan.run_id,
         "users": counters["profiles_written"],
+        # What this run did to each user's profile, and to each deletion request (a refresh's report).
+        "profiles_changed": {k: counters[f"profiles_{k}"] for k in ("new", "updated", "unchanged", "removed", "rebuilt")},
+        "deletions": {k: counters[f"deletions_{k}"] for k in ("requested", "applied", "unmatched", "invalid")},
         "documents_read": counters["records_read"],
         "documents_compressed": counters["compressed"],
         "dead_letters": counters["dead_lettered"],
@@ -317,10 +320,15 @@ def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
     summary = run(argv)
-    print(f"users: {summary['users']}  documents: {summary['documents_compressed']} compressed of "
+    changed = summary["profiles_changed"]
+    print(f"users: {summary['users']} ({changed['new']} new, {changed['updated']} updated, {changed['unchanged']} "
+          f"unchanged; {changed['removed']} removed with no documents left)  documents: {summary['documents_compressed']} compressed of "
           f"{summary['documents_read']} read  dead letters: {summary['dead_letters']}  duplicates: "
           f"{summary['duplicates']}  already merged: {summary['already_merged']}  truncated: {summary['truncated']}  "
           f"created_at missing/in future: {summary['created_at_missing']}/{summary['created_at_in_future']}")
+    if any(summary["deletions"].values()):
+        print("deletions: {requested} requested, {applied} applied, {unmatched} matched no stored document, "
+              "{invalid} invalid (dead-lettered)".format(**summary["deletions"]))
     print(f"{summary['documents_per_second']} documents/second ({summary['seconds']} s)  reconciled: "
           f"{summary['reconciled']}")
     print(f"profiles: {summary['profiles']}  dead letters: {summary['dead_letter_output']}  "
