@@ -16,6 +16,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from commer.cli import CliParser, DefaultsFormatter, flag_names  # noqa: F401 (flag_names: pipelines.options)
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_LOG_LEVEL = "WARNING"
 DEAD_LETTER_FLAG = "--dead_letter_output"
@@ -30,17 +32,12 @@ class CliError(Exception):
     """A user error with a fix; the CLI prints it (naming the flag) in one line, without a traceback."""
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The description as written; every flag with a real default shows it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or "").lower():
-            return action.help
-        return super()._get_help_string(action)
+HelpFormatter = DefaultsFormatter  # the name the jobs used
 
 
-class JobParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line (a CliError), like every other CLI error of a job."""
+class JobParser(CliParser):
+    """A job's parser: its errors are CliErrors, so runtime.run_cli prints them in one line like every other
+    CLI error of a job (unknown flags are refused later, by pipelines.options, once Beam's are known too)."""
 
     def __init__(self, *args, required: Sequence[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
@@ -159,8 +156,3 @@ def add_recency_flag(parser: argparse.ArgumentParser) -> None:
                         "paper's plain mean (the default). A document without created_at is dated at the run that "
                         "first merges it, a future one at the run's date (both counted). A refresh must use the "
                         "half-life its --previous_profiles were built with.")
-
-
-def flag_names(parser: argparse.ArgumentParser) -> list[str]:
-    """The parser's visible --flags (hidden aliases left out)."""
-    return [s for a in parser._actions if a.help != argparse.SUPPRESS for s in a.option_strings if s.startswith("--")]

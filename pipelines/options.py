@@ -9,12 +9,12 @@ log "Discarding unparseable args" and run with the defaults).
 from __future__ import annotations
 
 import argparse
-import difflib
 from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from pipelines.flags import DEAD_LETTER_FLAG, CliError, flag_names  # noqa: F401 (DEAD_LETTER_FLAG: one name)
+from commer.cli import flag_names, unknown_flag_message
+from pipelines.flags import DEAD_LETTER_FLAG, CliError  # noqa: F401 (DEAD_LETTER_FLAG: one name)
 from pipelines.offline import set_dry_run
 from pipelines.preflight import run_checks
 
@@ -78,10 +78,8 @@ def refuse_unknown(parser: argparse.ArgumentParser, rest: Sequence[str]) -> None
     if flag is None:
         raise CliError(f"unexpected argument {unknown[0]!r}: every input is a flag, e.g. --output FOLDER "
                        f"(see {parser.prog} --help)")
-    known = flag_names(parser) + flag_names(beam)
-    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else "no flag is close"
-    raise CliError(f"{flag} is not a flag of {parser.prog} nor of Beam: {hint} (see {parser.prog} --help)")
+    message = unknown_flag_message(flag, parser.prog, flag_names(parser) + flag_names(beam), also=" nor of Beam")
+    raise CliError(f"{message} (see {parser.prog} --help)")
 
 
 def dead_letter_folder(flags) -> str:

@@ -68,4 +68,4 @@ def test_help_imports_neither_beam_nor_torch(name):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith(f"usage: python -m pipelines.{name}")
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
-    assert not {"apache_beam", "torch", "transformers", "commer"} & imported
+    assert not {"apache_beam", "torch", "transformers", "commer.model", "commer.backbone"} & imported
