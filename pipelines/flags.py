@@ -13,6 +13,7 @@ the closest one) and runs the preflight checks.
 from __future__ import annotations
 
 import argparse
+import runpy
 import sys
 from typing import Sequence
 
@@ -156,3 +157,22 @@ def add_recency_flag(parser: argparse.ArgumentParser) -> None:
                         "paper's plain mean (the default). A document without created_at is dated at the run that "
                         "first merges it, a future one at the run's date (both counted). A refresh must use the "
                         "half-life its --previous_profiles were built with.")
+
+
+# ---- console scripts (pyproject.toml): the same programs as `python -m pipelines.JOB` ------------------
+
+def _run_as_main(module: str) -> None:
+    """Run a job module exactly as `python -m` does, so its --help fast path applies to the console script too."""
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def main_compress_users() -> None:
+    _run_as_main("pipelines.compress_users")
+
+
+def main_generate() -> None:
+    _run_as_main("pipelines.generate")
+
+
+def main_evaluate() -> None:
+    _run_as_main("pipelines.evaluate")
