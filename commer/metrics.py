@@ -23,6 +23,11 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 ROUGE_TYPES = ("rouge1", "rougeL")
+PERPLEXITY_AGGREGATION = {
+    "aggregation": "geometric mean over queries: exp(mean log perplexity), each query's perplexity being "
+                   "exp(mean token NLL of its reference)",
+    "paired": "the same personalized queries scored with and without the profile (generate scores both); "
+              "ratio < 1: the profile makes the references more likely"}
 
 # Perplexity histogram: log-spaced bins from 1 to 1e6 (10 per decade), then an overflow bin.
 PERPLEXITY_EDGES = tuple(10 ** (i / 10) for i in range(0, 61))
@@ -232,3 +237,19 @@ def score(prediction: str, reference: Optional[str], perplexity: Optional[float]
     if reference is not None:
         out.update(rouge(prediction, reference, use_stemmer))
     return out
+
+
+def describe(summary: dict) -> list[str]:
+    """The console lines of an overall summary: quality, then the profile's effect on the same queries."""
+    def fmt(value, digits=4):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"predictions: {summary['queries']}, {summary['with_reference']} with a reference: ROUGE-1 "
+             f"{fmt(summary['rouge1'])}, ROUGE-L {fmt(summary['rougeL'])}, perplexity (geometric mean) "
+             f"{fmt(summary['perplexity']['geometric_mean'], 1)}"]
+    paired = summary["paired"]
+    if paired["queries"]:
+        lines.append(f"the profile's effect on the same {paired['queries']} queries: perplexity "
+                     f"{paired['perplexity_without_profile']:.1f} without it, {paired['perplexity_with_profile']:.1f} "
+                     f"with it (×{paired['ratio']:.3f})")
+    return lines

@@ -239,10 +239,7 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
         "rouge": {"library": "rouge-score", "types": list(m.ROUGE_TYPES), "measure": "fmeasure",
                   "use_stemmer": use_stemmer, "aggregation": "mean over queries with a reference",
                   "conventions": "LaMP (texts stripped, default tokenizer)"},
-        "perplexity": {"aggregation": "geometric mean over queries: exp(mean log perplexity), each query's "
-                                      "perplexity being exp(mean token NLL of its reference)",
-                       "paired": "the same personalized queries scored with and without the profile (generate "
-                                 "scores both); ratio < 1: the profile makes the references more likely"},
+        "perplexity": m.PERPLEXITY_AGGREGATION,
         "counts": counts, "overall": None, "by_personalization": {}, "by_doc_count": [], "per_user": {},
     }
     for line in aggregate_lines:
@@ -286,22 +283,11 @@ def main(argv: list[str]) -> int:
     metrics["files"]["plots"] = [] if opts.no_plots else plots.write_all(metrics, output)
     metrics["seconds"] = round(time.perf_counter() - started, 2)  # pipeline + plots
     write_json(f"{output}/metrics.json", metrics)
-    overall = metrics["overall"]
-    print(f"predictions: {overall['queries']}, {overall['with_reference']} with a reference: ROUGE-1 "
-          f"{_fmt(overall['rouge1'])}, ROUGE-L {_fmt(overall['rougeL'])}, perplexity (geometric mean) "
-          f"{_fmt(overall['perplexity']['geometric_mean'], 1)}")
-    paired = overall["paired"]
-    if paired["queries"]:
-        print(f"the profile's effect on the same {paired['queries']} queries: perplexity "
-              f"{paired['perplexity_without_profile']:.1f} without → {paired['perplexity_with_profile']:.1f} with "
-              f"(×{paired['ratio']:.3f})")
+    for line in m.describe(metrics["overall"]):
+        print(line)
     print(f"metrics: {output}/metrics.json  per query/user: {committed}/  "
           f"plots: {' '.join(metrics['files']['plots']) or 'none (--no_plots)'}")
     return 0
-
-
-def _fmt(value, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":
