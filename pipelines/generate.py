@@ -9,7 +9,8 @@
           or, --merge=retrieved, with the user's stored compressions: per query the mean of the top M)
           ▼
     RunInference (one model per process, batches of --batch_size): greedy answer, perplexity of
-    the reference when the query has one, prompt length
+    the reference when the query has one (with the profile, and without it for personalized
+    queries: evaluate compares each query with itself), prompt length
           ▼
     OUTPUT/RUN_ID/predictions-*.parquet (schemas.Prediction) [+ .jsonl], committed by OUTPUT/CURRENT
     (pipelines.output_state: a kill leaves the previous run's predictions or these, never both)

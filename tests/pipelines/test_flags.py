@@ -69,3 +69,31 @@ def test_help_imports_neither_beam_nor_torch(name):
     assert out.returncode == 0 and out.stdout.startswith(f"usage: python -m pipelines.{name}")
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert not {"apache_beam", "torch", "transformers", "commer.model", "commer.backbone"} & imported
+
+
+def readme_job_commands():
+    """Every `python -m pipelines.JOB ...` command in the README's code blocks, as argv lists."""
+    import re
+    import shlex
+    text = (ROOT / "README.md").read_text()
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0] if " #" in line else line
+            found = re.search(r"python3? -m pipelines\.(\w+)(.*)", line)
+            if found and "..." not in line:
+                argv = shlex.split(re.sub(r"\$\{?(\w+)\}?", r"\1", found.group(2)))
+                yield found.group(1), argv
+
+
+README_COMMANDS = list(readme_job_commands())
+
+
+def test_the_readme_has_job_commands():
+    assert {name for name, _ in README_COMMANDS} == {"compress_users", "generate", "evaluate"}
+
+
+@pytest.mark.parametrize("name, argv", README_COMMANDS, ids=[" ".join([n, *a])[:60] for n, a in README_COMMANDS])
+def test_every_readme_command_uses_known_flags(name, argv):
+    """A README command with a flag the job and Beam do not know would fail (as it should) for the user."""
+    flags, _ = parse(JOBS[name].parser, argv, required=JOBS[name].parser.required_flags)
+    assert flags.output
