@@ -1,4 +1,4 @@
-"""Every job's command line, light: argparse and nothing heavier, so `--help` answers in a fraction
+"""Every job's command line, light: argparse (and commer.cli) and nothing heavier, so `--help` answers in a fraction
 of a second (a job module defines its parser from these, answers `--help`, and only then imports
 Beam, torch and the model code).
 
@@ -33,9 +33,6 @@ class CliError(Exception):
     """A user error with a fix; the CLI prints it (naming the flag) in one line, without a traceback."""
 
 
-HelpFormatter = DefaultsFormatter  # the name the jobs used
-
-
 class JobParser(CliParser):
     """A job's parser: its errors are CliErrors, so runtime.run_cli prints them in one line like every other
     CLI error of a job (unknown flags are refused later, by pipelines.options, once Beam's are known too)."""
@@ -53,7 +50,7 @@ def job_parser(prog: str, description: str, required: Sequence[str] = ()) -> Job
     (the job checks them after --help, so `--help` alone works)."""
     usage = " ".join(["%(prog)s", *(f"--{name} {name.upper()}" for name in required), "[flags]"])
     parser = JobParser(prog=prog, usage=usage, description=description, add_help=False, allow_abbrev=False,
-                       formatter_class=HelpFormatter, epilog=BEAM_EPILOG, required=required)
+                       formatter_class=DefaultsFormatter, epilog=BEAM_EPILOG, required=required)
     parser.add_argument("--help", "-h", action="store_true", help="Show this help and exit.")
     parser.add_argument("--log_level", default=DEFAULT_LOG_LEVEL, choices=LOG_LEVELS, type=str.upper,
                         help="Level for library messages (Beam, transformers); ComMer's own lines stay at INFO "
