@@ -159,9 +159,11 @@ class ComMerModelHandler(ModelHandler):
         return compressor
 
     def run_inference(self, batch, model: Compressor, inference_args=None):
+        done = sum(len(element) for element in batch)
+        progress.now(f"compressing a batch of {done} documents")
         results = [PredictionResult([(x[0], x[1], x[3]) for x in element], model.compress([x[2] for x in element]))
                    for element in batch]
-        done = sum(len(element) for element in batch)
+        progress.now()
         progress.add(progress.DONE, done)
         _INFERRED.inc(done)  # the same progress as a Beam metric (Dataflow's console)
         return results
