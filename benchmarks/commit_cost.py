@@ -65,7 +65,8 @@ def commit(table: Path, run_id: str) -> dict:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.commit_cost", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--rows_per_file", type=int, default=4)
     parser.add_argument("--output", default="/tmp/commer-commit-cost")

@@ -99,7 +99,7 @@ def non_embedding_parameters(model: ComMer) -> int:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compression_forward", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_NEWS, help="HuffPost news JSONL (see ../shared/data/README.md).")
     parser.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled one).")
     parser.add_argument("--documents", type=int, default=512, help="Documents to compress.")

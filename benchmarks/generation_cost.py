@@ -25,7 +25,7 @@ def load_model(checkpoint: str | None, backbone: str | None) -> ComMer:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.generation_cost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_NEWS, help="HuffPost news JSONL (see ../shared/data/README.md).")
     parser.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled one).")
     parser.add_argument("--backbone", default=None, help="Backbone override (default: the checkpoint's).")

@@ -33,7 +33,7 @@ def folder_mb(path: Path) -> float:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory_at_scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", default="1000,10000,100000")
     parser.add_argument("--job_args", default="", help="Extra flags for the job, space separated.")
     args = parser.parse_args(argv)

@@ -77,7 +77,7 @@ def run_job(input_path: str, output: str, flags: list[str]) -> tuple[dict, dict]
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline_throughput", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_NEWS, help="HuffPost news JSONL (see ../shared/data/README.md).")
     parser.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled one).")
     parser.add_argument("--documents", type=int, default=2000)

@@ -26,7 +26,7 @@ def job(input_path: str, output: str, *extra: str) -> dict:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.refresh_cost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_NEWS, help="HuffPost news JSONL (see ../shared/data/README.md).")
     parser.add_argument("--documents", type=int, default=2000)
     parser.add_argument("--fractions", default="0.01,0.05")

@@ -6,6 +6,12 @@ LaMP calls), F-measure, averaged over queries. LaMP reports the bootstrap aggreg
 which is a resampling estimate of that same mean; we report the exact mean, so the numbers agree
 up to the bootstrap's noise.
 
+Perplexity is summarised by one mean everywhere: the geometric mean over queries, exp(mean of
+log perplexity) — each query's perplexity is itself exp(mean token NLL), so this is the per-token
+NLL averaged per query, and a few queries the model finds absurd cannot dominate it as they do an
+arithmetic mean. The effect of a profile is measured on pairs: the same query's reference scored
+with and without the profile (generate scores both in one pass), never across different queries.
+
 Aggregates are (count, sum) style accumulators with fixed histogram edges, so merging them in
 any order or grouping gives the same result (Beam combiners may merge partial results freely).
 """
@@ -17,6 +23,11 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 ROUGE_TYPES = ("rouge1", "rougeL")
+PERPLEXITY_AGGREGATION = {
+    "aggregation": "geometric mean over queries: exp(mean log perplexity), each query's perplexity being "
+                   "exp(mean token NLL of its reference)",
+    "paired": "the same personalized queries scored with and without the profile (generate scores both); "
+              "ratio < 1: the profile makes the references more likely"}
 
 # Perplexity histogram: log-spaced bins from 1 to 1e6 (10 per decade), then an overflow bin.
 PERPLEXITY_EDGES = tuple(10 ** (i / 10) for i in range(0, 61))
@@ -89,8 +100,11 @@ class Aggregate:
     rouge1_sum: float = 0.0
     rougeL_sum: float = 0.0
     perplexity_count: int = 0
-    perplexity_sum: float = 0.0
     log_perplexity_sum: float = 0.0
+    # Pairs: a personalized query's reference with the profile and without it (the same query).
+    paired_count: int = 0
+    paired_log_with_sum: float = 0.0
+    paired_log_without_sum: float = 0.0
     perplexity_min: float = math.inf
     perplexity_max: float = -math.inf
     prompt_tokens_sum: int = 0
@@ -102,7 +116,8 @@ class Aggregate:
             self.perplexity_histogram = Histogram(PERPLEXITY_EDGES)
 
     def add(self, row: dict) -> "Aggregate":
-        """Add one scored query: keys personalized, rouge1, rougeL, perplexity, prompt_tokens, doc_count."""
+        """Add one scored query: keys personalized, rouge1, rougeL, perplexity, perplexity_unpersonalized,
+        prompt_tokens, doc_count."""
         self.queries += 1
         self.personalized += int(bool(row.get("personalized")))
         self.prompt_tokens_sum += int(row.get("prompt_tokens") or 0)
@@ -114,18 +129,23 @@ class Aggregate:
         ppl = row.get("perplexity")
         if ppl is not None and math.isfinite(ppl):
             self.perplexity_count += 1
-            self.perplexity_sum += ppl
             self.log_perplexity_sum += math.log(ppl)
             self.perplexity_min = min(self.perplexity_min, ppl)
             self.perplexity_max = max(self.perplexity_max, ppl)
             if self.perplexity_histogram is not None:
                 self.perplexity_histogram.add(ppl)
+            without = row.get("perplexity_unpersonalized")
+            if without is not None and math.isfinite(without) and without > 0:
+                self.paired_count += 1
+                self.paired_log_with_sum += math.log(ppl)
+                self.paired_log_without_sum += math.log(without)
         return self
 
     def merge(self, other: "Aggregate") -> "Aggregate":
         """Add `other` into self (only self changes)."""
         for name in ("queries", "personalized", "with_reference", "rouge1_sum", "rougeL_sum", "perplexity_count",
-                     "perplexity_sum", "log_perplexity_sum", "prompt_tokens_sum"):
+                     "log_perplexity_sum", "paired_count", "paired_log_with_sum", "paired_log_without_sum",
+                     "prompt_tokens_sum"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.perplexity_min = min(self.perplexity_min, other.perplexity_min)
         self.perplexity_max = max(self.perplexity_max, other.perplexity_max)
@@ -135,7 +155,7 @@ class Aggregate:
         return self
 
     def summary(self) -> dict:
-        n_ref, n_ppl = self.with_reference, self.perplexity_count
+        n_ref, n_ppl, n_pair = self.with_reference, self.perplexity_count, self.paired_count
         out = {
             "queries": self.queries,
             "personalized": self.personalized,
@@ -144,11 +164,18 @@ class Aggregate:
             "rougeL": self.rougeL_sum / n_ref if n_ref else None,
             "perplexity": {
                 "count": n_ppl,
-                "mean": self.perplexity_sum / n_ppl if n_ppl else None,
-                # exp(mean log ppl): less dominated by a few very uncertain queries.
+                # The one mean of perplexity (module docstring): exp(mean log perplexity) over queries.
                 "geometric_mean": math.exp(self.log_perplexity_sum / n_ppl) if n_ppl else None,
                 "min": self.perplexity_min if n_ppl else None,
                 "max": self.perplexity_max if n_ppl else None,
+            },
+            # The same queries with and without the profile: what the profile changes, like with like.
+            "paired": {
+                "queries": n_pair,
+                "perplexity_with_profile": math.exp(self.paired_log_with_sum / n_pair) if n_pair else None,
+                "perplexity_without_profile": math.exp(self.paired_log_without_sum / n_pair) if n_pair else None,
+                "ratio": (math.exp((self.paired_log_with_sum - self.paired_log_without_sum) / n_pair)
+                          if n_pair else None),
             },
             "prompt_tokens_mean": self.prompt_tokens_sum / self.queries if self.queries else None,
             "doc_count_max": self.doc_count_max,
@@ -202,9 +229,27 @@ def aggregate(rows: Iterable[dict], with_histogram: bool = False) -> dict:
 
 
 def score(prediction: str, reference: Optional[str], perplexity: Optional[float],
-          use_stemmer: bool = False) -> dict:
-    """Per-query scores: ROUGE when there is a reference, perplexity as recorded by generate."""
-    out: dict = {"rouge1": None, "rougeL": None, "perplexity": perplexity}
+          use_stemmer: bool = False, perplexity_unpersonalized: Optional[float] = None) -> dict:
+    """Per-query scores: ROUGE when there is a reference, perplexity (with and without the profile) as
+    recorded by generate."""
+    out: dict = {"rouge1": None, "rougeL": None, "perplexity": perplexity,
+                 "perplexity_unpersonalized": perplexity_unpersonalized}
     if reference is not None:
         out.update(rouge(prediction, reference, use_stemmer))
     return out
+
+
+def describe(summary: dict) -> list[str]:
+    """The console lines of an overall summary: quality, then the profile's effect on the same queries."""
+    def fmt(value, digits=4):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"predictions: {summary['queries']}, {summary['with_reference']} with a reference: ROUGE-1 "
+             f"{fmt(summary['rouge1'])}, ROUGE-L {fmt(summary['rougeL'])}, perplexity (geometric mean) "
+             f"{fmt(summary['perplexity']['geometric_mean'], 1)}"]
+    paired = summary["paired"]
+    if paired["queries"]:
+        lines.append(f"the profile's effect on the same {paired['queries']} queries: perplexity "
+                     f"{paired['perplexity_without_profile']:.1f} without it, {paired['perplexity_with_profile']:.1f} "
+                     f"with it (×{paired['ratio']:.3f})")
+    return lines

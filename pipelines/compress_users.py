@@ -20,50 +20,18 @@ Reconciliation: records_read = compressed + dead_lettered + duplicates + already
 """
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
-from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
-import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-from pydantic import BaseModel, Field
-
-from pipelines.batching import Batching
-from pipelines.combiners import AccumulatorFn, unchanged
-from pipelines.half_life import check_half_life
-from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
-from pipelines import faults
-from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, check_unique_users,
-                          explode_compressions, input_table, match, read_records, read_tables, write_dead_letters,
-                          write_tables)
-from pipelines.options import (add_batching_flags, add_dead_letter_flag, add_model_flags, add_recency_flag,
-                               check_batching, dead_letter_folder, job_parser, parse, wants_help)
-from pipelines.rejections import Stream, check_run, report_reasons, top_reasons
-from pipelines.tables import Commit, OutputTable, append_base, commit_outputs, paired_compressions, profile_tables
-from pipelines.profile_state import Change, ProfileState, Update, apply_update
-from pipelines.profile_steps import CARRY, DATE_COUNTERS, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
-from pipelines.reconcile import Event
-from pipelines.runtime import (CliError, checkpoint_config, counter_values, new_run_id, run_cli,
-                               run_pipeline, write_json)
-from schemas import DocumentCompression
-from schemas.validation import DEFAULT_MAX_RECORD_BYTES, parse_deletion, parse_json_line, validate_row
-
-log = logging.getLogger(__name__)
+from pipelines.flags import (add_batching_flags, add_dead_letter_flag, add_model_flags, add_recency_flag, answer_help,
+                             job_parser, required_help, wants_help)
+from schemas.validation import DEFAULT_MAX_RECORD_BYTES
 
 SAMPLE_INPUT = str(Path(__file__).parent / "sample_data" / "documents-*.jsonl")
-COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "already_merged", "compressed",
-            "truncated", "tokens", "deletions_requested", "deletions_applied", "deletions_unmatched",
-            "deletions_invalid", "deletions_duplicate", "profiles_written", "profiles_new", "profiles_updated",
-            "profiles_unchanged", "profiles_removed", "profiles_rebuilt", "previous_profiles_read", "padding_tokens",
-            *DATE_COUNTERS)
 
 parser = job_parser(
     "python -m pipelines.compress_users",
     "Compress each user's documents into one ComMer soft prompt (Apache Beam). With only --output: the shipped "
-    "sample corpus on the in-process FnApiRunner (the DirectRunner's batch engine).")
+    "sample corpus on the in-process FnApiRunner (the DirectRunner's batch engine).", required=("output",))
 add_dead_letter_flag(parser)
 add_model_flags(parser)
 add_recency_flag(parser)
@@ -71,9 +39,9 @@ parser.add_argument("--input", default=None, help="Documents: a file glob, local
                     "are read as Parquet, all others as JSONL (gzip by extension). Each record: user_id, doc_id, "
                     "text (+ optional created_at). Default: the sample corpus shipped in the package "
                     "(sample_data/documents-*.jsonl).")
-parser.add_argument("--output", default=None, help="Required. Output folder (local or gs://): the profiles Delta "
-                    "table OUTPUT/profiles (a new version once this run succeeds), OUTPUT/dead_letters and "
-                    "OUTPUT/run_summary.json.")
+parser.add_argument("--output", default=None, help=required_help(
+                    "Output folder (local or gs://): the profiles Delta table OUTPUT/profiles (a new version once "
+                    "this run succeeds), the dead letters table OUTPUT/dead_letters and OUTPUT/run_summary.json."))
 parser.add_argument("--document_compressions_output", default=None, help="Optional Delta table folder for "
                     "per-document K×d compressions. Keep it: it is what a later run needs as "
                     "--previous_document_compressions to apply --deletions exactly.")
@@ -95,6 +63,43 @@ parser.add_argument("--max_record_bytes", type=int, default=DEFAULT_MAX_RECORD_B
                     "than this are dead-lettered as oversized.")
 parser.add_argument("--profiles_per_table", type=int, default=256, help="Profiles per Parquet row group written "
                     "(bounds writer memory).")
+
+if __name__ == "__main__":
+    answer_help(parser)  # before Beam, torch and the model code are imported: --help answers at once
+
+# ---- the job (imported after the flags, so --help never waits for these) ------------------
+import argparse
+import logging
+import sys
+from datetime import datetime, timezone
+from functools import partial
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+from pydantic import BaseModel, Field
+
+from pipelines import faults
+from pipelines.batching import Batching
+from pipelines.combiners import AccumulatorFn, unchanged
+from pipelines.half_life import check_half_life
+from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
+from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, check_unique_users,
+                          explode_compressions, input_table, match, read_records, read_tables, write_dead_letters,
+                          write_tables)
+from pipelines.options import check_batching, dead_letter_folder, parse
+from pipelines.profile_report import COUNTERS, print_report, summarize
+from pipelines.profile_state import Change, ProfileState, Update, apply_update
+from pipelines.profile_steps import CARRY, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
+from pipelines.reconcile import Event
+from pipelines.rejections import Stream, check_run, top_reasons
+from pipelines.runtime import (CliError, checkpoint_config, counter_values, new_run_id, run_cli,
+                               run_pipeline, write_json)
+from pipelines.tables import Commit, OutputTable, append_base, commit_outputs, paired_compressions, profile_tables
+from schemas import DocumentCompression
+from schemas.validation import parse_deletion, parse_json_line, validate_row
+
+log = logging.getLogger(__name__)
+
 
 
 class JobPlan(BaseModel):
@@ -250,50 +255,9 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan, tables: 
 
 # ---- running and reporting ----------------------------------------------------------------
 
-def summarize(plan: JobPlan, counters: dict[str, int], seconds: float) -> dict:
-    accounted = (counters["compressed"] + counters["dead_lettered"] + counters["duplicates"]
-                 + counters["already_merged"])
-    useful = counters["tokens"] + plan.K * counters["compressed"]
-    processed = useful + counters["padding_tokens"]
-    return {
-        "run_id": plan.run_id,
-        "users": counters["profiles_written"],
-        "documents_read": counters["records_read"],
-        "documents_compressed": counters["compressed"],
-        "dead_letters": counters["dead_lettered"],
-        "duplicates": counters["duplicates"],
-        "already_merged": counters["already_merged"],
-        "truncated": counters["truncated"],
-        # Documents weighted and stored with a created_at set by rule (commer.recency.effective_created_at).
-        "created_at_missing": counters["created_at_missing"],
-        "created_at_in_future": counters["created_at_in_future"],
-        # Deletion requests: each valid one applied, unmatched, or naming a document already named.
-        "deletions": {k: counters[f"deletions_{k}"] for k in ("requested", "applied", "unmatched", "duplicate", "invalid")},
-        "reconciled": counters["records_read"] == accounted and counters["deletions_requested"] == (
-            counters["deletions_applied"] + counters["deletions_unmatched"] + counters["deletions_duplicate"]),
-        "seconds": round(seconds, 3),
-        "documents_per_second": round(counters["compressed"] / seconds, 2) if seconds > 0 else None,
-        # Positions the model ran over (document tokens + K slots + padding), and the useful share.
-        "processed_positions": processed,
-        "padding_efficiency": round(useful / processed, 4) if processed else None,
-        "counters": counters,
-        "checkpoint": plan.checkpoint,
-        "checkpoint_trained": plan.trained,
-        "fingerprint": plan.fingerprint,
-        "K": plan.K, "d": plan.d,
-        "input": plan.input,
-        "profiles": f"{plan.output}/profiles",
-        "dead_letter_output": plan.dead_letter_output,
-        "document_compressions_output": plan.document_compressions_output,
-        "previous_profiles": bool(plan.previous_profile_files),
-        "half_life_days": plan.half_life_days,
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-    }
-
-
 def run(argv: list[str]) -> dict:
     """Build, run, check, commit and report; returns the run summary (also written to OUTPUT/run_summary.json)."""
-    flags, options = parse(parser, argv, required=("output",), check=True)
+    flags, options = parse(parser, argv, required=parser.required_flags, check=True)
     plan = make_plan(flags)
     tables = profile_tables(plan.output, plan.dead_letter_output, plan.document_compressions_output, plan.run_id,
                             (plan.K, plan.d), plan.metadata)
@@ -332,17 +296,7 @@ def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
     summary = run(argv)
-    print(f"users: {summary['users']}  documents: {summary['documents_compressed']} compressed of "
-          f"{summary['documents_read']} read  dead letters: {summary['dead_letters']}  duplicates: "
-          f"{summary['duplicates']}  already merged: {summary['already_merged']}  truncated: {summary['truncated']}  "
-          f"created_at missing/in future: {summary['created_at_missing']}/{summary['created_at_in_future']}")
-    print(f"{summary['documents_per_second']} documents/second ({summary['seconds']} s)  reconciled: "
-          f"{summary['reconciled']}")
-    report_reasons(summary)
-    versions = summary["committed"]
-    print(f"profiles: {summary['profiles']} (version {versions.get('profiles')})  dead letters: "
-          f"{summary['dead_letter_output']} (version {versions.get('dead letters')})  "
-          f"summary: {summary['profiles'].rsplit('/', 1)[0]}/run_summary.json")
+    print_report(summary)
     return 0 if summary["reconciled"] else 1
 
 

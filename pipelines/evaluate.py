@@ -19,6 +19,30 @@ that had a reference then) and only aggregated here.
 """
 from __future__ import annotations
 
+from pipelines.flags import add_dead_letter_flag, answer_help, job_parser, required_help, wants_help
+
+parser = job_parser("python -m pipelines.evaluate", __doc__, required=("predictions", "output"))
+parser.add_argument("--predictions", default=None,
+                    help=required_help("generate's --output folder or its predictions table (PATH@VERSION or "
+                                       "PATH@TIMESTAMP: an earlier version), or a predictions file/glob (.parquet or "
+                                       ".jsonl)."))
+parser.add_argument("--references", default=None,
+                    help="Optional references by query_id: LaMP's outputs JSON ({\"task\", \"golds\": "
+                         "[{\"id\", \"output\"}]}), or JSONL/Parquet rows with query_id (or id) and "
+                         "reference (or output). Default: the reference stored on each prediction.")
+parser.add_argument("--output", default=None,
+                    help=required_help("Output folder: metrics.json, PNG plots, and the Delta tables per_query/ and "
+                                       "per_user/."))
+parser.add_argument("--use_stemmer", action="store_true",
+                    help="Porter-stem words before ROUGE. Off by default, as in LaMP's evaluation "
+                         "(HF evaluate's rouge defaults).")
+parser.add_argument("--no_plots", action="store_true", help="Skip the PNG plots.")
+add_dead_letter_flag(parser)
+
+if __name__ == "__main__":
+    answer_help(parser)  # before Beam and the metric libraries are imported: --help answers at once
+
+# ---- the job (imported after the flags, so --help never waits for these) ------------------
 import json
 import logging
 import time
@@ -31,7 +55,7 @@ from commer import metrics as m
 from pipelines import faults, plots
 from pipelines.combiners import AccumulatorFn
 from pipelines.io import parse_as_dict, prediction_files, read_records, write_dead_letters, write_tables
-from pipelines.options import add_dead_letter_flag, dead_letter_folder, job_parser, parse, wants_help
+from pipelines.options import dead_letter_folder, parse
 from pipelines.references import AttachReference, check_references, read_references
 from pipelines.rejections import Stream, check_run, report_reasons, top_reasons
 from pipelines.runtime import counter_values, new_run_id, run_cli, run_pipeline, write_json
@@ -43,25 +67,11 @@ log = logging.getLogger(__name__)
 AGGREGATES = "_aggregates.jsonl"
 
 
-parser = job_parser("python -m pipelines.evaluate", __doc__)
-parser.add_argument("--predictions", default=None,
-                    help="generate's --output folder or its predictions table (PATH@VERSION or PATH@TIMESTAMP: an "
-                         "earlier version), or a predictions file/glob (.parquet or .jsonl).")
-parser.add_argument("--references", default=None,
-                    help="Optional references by query_id: LaMP's outputs JSON ({\"task\", \"golds\": "
-                         "[{\"id\", \"output\"}]}), or JSONL/Parquet rows with query_id (or id) and "
-                         "reference (or output). Default: the reference stored on each prediction.")
-parser.add_argument("--output", default=None,
-                    help="Output folder: metrics.json, PNG plots, and the Delta tables per_query/ and per_user/.")
-parser.add_argument("--use_stemmer", action="store_true",
-                    help="Porter-stem words before ROUGE. Off by default, as in LaMP's evaluation "
-                         "(HF evaluate's rouge defaults).")
-parser.add_argument("--no_plots", action="store_true", help="Skip the PNG plots.")
-add_dead_letter_flag(parser)
 
 
 def score_row(row: dict, use_stemmer: bool) -> dict:
-    scores = m.score(row["prediction"], row["reference"], row["perplexity"], use_stemmer)
+    scores = m.score(row["prediction"], row["reference"], row["perplexity"], use_stemmer,
+                     row.get("perplexity_unpersonalized"))
     return {"user_id": row["user_id"], "query_id": row["query_id"], "personalized": row["personalized"],
             "doc_count": row["doc_count"], "prompt_tokens": row["prompt_tokens"], **scores}
 
@@ -129,9 +139,12 @@ def aggregates_path(opts, tables: dict) -> str:
 
 def user_row(user: dict) -> dict:
     """A per-user aggregate (commer.metrics.Aggregate.summary) as a flat schemas.UserScore row."""
-    perplexity = user.get("perplexity") or {}
-    return {**{k: v for k, v in user.items() if k != "perplexity"}, "perplexity_count": perplexity.get("count", 0),
-            **{f"perplexity_{k}": perplexity.get(k) for k in ("mean", "geometric_mean", "min", "max")}}
+    perplexity, paired = user.get("perplexity") or {}, user.get("paired") or {}
+    return {**{k: v for k, v in user.items() if k not in ("perplexity", "paired")},
+            "perplexity_count": perplexity.get("count", 0),
+            **{f"perplexity_{k}": perplexity.get(k) for k in ("geometric_mean", "min", "max")},
+            **{f"paired_{k}": paired.get(k) for k in ("perplexity_with_profile", "perplexity_without_profile", "ratio")},
+            "paired_queries": paired.get("queries", 0)}
 
 
 def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dict:
@@ -140,6 +153,7 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
         "rouge": {"library": "rouge-score", "types": list(m.ROUGE_TYPES), "measure": "fmeasure",
                   "use_stemmer": use_stemmer, "aggregation": "mean over queries with a reference",
                   "conventions": "LaMP (texts stripped, default tokenizer)"},
+        "perplexity": m.PERPLEXITY_AGGREGATION,
         "counts": counts, "overall": None, "by_personalization": {}, "by_doc_count": [], "per_user": {},
     }
     for line in aggregate_lines:
@@ -160,7 +174,7 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv, required=("predictions", "output"), check=True)
+    opts, options = parse(parser, argv, required=parser.required_flags, check=True)
     files = prediction_files(opts.predictions, "--predictions").files
     if opts.references:
         check_references(opts.references)
@@ -198,17 +212,12 @@ def main(argv: list[str]) -> int:
     metrics["files"]["plots"] = [] if opts.no_plots else plots.write_all(metrics, output)
     metrics["seconds"] = round(time.perf_counter() - started, 2)  # pipeline + plots
     write_json(f"{output}/metrics.json", metrics)
-    overall = metrics["overall"]
-    print(f"predictions: {overall['queries']}, {overall['with_reference']} with a reference: ROUGE-1 "
-          f"{_fmt(overall['rouge1'])}, ROUGE-L {_fmt(overall['rougeL'])}, mean perplexity {_fmt(overall['perplexity']['mean'])}")
+    for line in m.describe(metrics["overall"]):
+        print(line)
     report_reasons(metrics)
     print(f"metrics: {output}/metrics.json  per query/user: {output}/per_query, {output}/per_user  "
           f"plots: {' '.join(metrics['files']['plots']) or 'none (--no_plots)'}")
     return 0
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

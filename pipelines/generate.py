@@ -9,7 +9,8 @@
           or, --merge=retrieved, with the user's stored compressions: per query the mean of the top M)
           ▼
     RunInference (one model per process, batches of --batch_size): greedy answer, perplexity of
-    the reference when the query has one, prompt length
+    the reference when the query has one (with the profile, and without it for personalized
+    queries: evaluate compares each query with itself), prompt length
           ▼
     OUTPUT/predictions: a Delta table (schemas.Prediction), this run's files committed as one new version
     after the pipeline succeeded (pipelines.tables: a kill leaves the previous version or this one)
@@ -22,47 +23,22 @@ none (no personalization), all on the same frozen backbone so quality and prompt
 """
 from __future__ import annotations
 
-import json
-import logging
-from functools import partial
-from typing import Iterable
-
-import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-from pydantic import ValidationError
-
-from commer.prompting import UserDocuments
-from pipelines.inference import IN_PROMPT_MAX_TOKENS, ComMerGenerator, GenerationSettings
-from pipelines import faults
-from pipelines.io import (DEAD, check_fingerprints, input_table, match, parse_as_dict, read_records, read_tables,
-                          write_dead_letters, write_tables)
-from pipelines.options import (add_dead_letter_flag, add_merge_flags, add_model_flags, dead_letter_folder, job_parser,
-                               parse, wants_help)
-from pipelines.rejections import Stream, check_run, report_reasons, top_reasons
-from pipelines.tables import Commit, check_separate, commit_outputs, plan_output
-from pipelines.retrieved_merge import (MergeSettings, UserPool, compress_instructions, compression_shards,
-                                       merge_settings, read_compressions)
-from pipelines.runtime import (CliError, checkpoint_config, counter, counter_values, counters, new_run_id, run_cli,
-                               run_pipeline, write_json)
-from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, tensor_column
-from schemas.validation import describe_errors
-
-log = logging.getLogger(__name__)
+from pipelines.flags import (IN_PROMPT_MAX_TOKENS, add_dead_letter_flag, add_merge_flags, add_model_flags, answer_help,
+                             job_parser, required_help, wants_help)
 
 MODES = ("commer", "in_prompt", "none")
-PROFILE_COLUMNS = ["user_id", "doc_count", "soft_prompt", "model_fingerprint"]
 
-parser = job_parser("python -m pipelines.generate", __doc__)
+parser = job_parser("python -m pipelines.generate", __doc__, required=("queries", "output"))
 parser.add_argument("--profiles", default=None,
                     help="Profiles table from compress_users: its output folder (profiles/ inside is used) or the "
                          "table folder (PATH@VERSION or PATH@TIMESTAMP: an earlier version), or one .parquet file. "
                          "Needed with --mode=commer.")
 parser.add_argument("--queries", default=None,
-                    help="Queries: JSONL (.jsonl/.json, optionally .gz) or Parquet (.parquet) file or glob, "
-                         "with user_id, query_id, instruction and optional reference.")
+                    help=required_help("Queries: JSONL (.jsonl/.json, optionally .gz) or Parquet (.parquet) file or "
+                                       "glob, with user_id, query_id, instruction and optional reference."))
 parser.add_argument("--output", default=None,
-                    help="Output folder: the predictions Delta table OUTPUT/predictions (a new version once this run "
-                         "succeeds), OUTPUT/dead_letters, OUTPUT/run_summary.json.")
+                    help=required_help("Output folder: the predictions Delta table OUTPUT/predictions (a new "
+                                       "version once this run succeeds), OUTPUT/dead_letters, OUTPUT/run_summary.json."))
 parser.add_argument("--mode", default="commer", choices=list(MODES),
                     help="commer: the user's soft prompt; in_prompt: the user's top --num_documents documents "
                          "by BM25 as plain text (baseline; needs --documents); none: no personalization.")
@@ -87,6 +63,36 @@ parser.add_argument("--batch_size", type=int, default=16, help="Queries generate
 add_merge_flags(parser)
 add_dead_letter_flag(parser)
 add_model_flags(parser)
+
+if __name__ == "__main__":
+    answer_help(parser)  # before Beam, torch and the model code are imported: --help answers at once
+
+# ---- the job (imported after the flags, so --help never waits for these) ------------------
+import json
+import logging
+from functools import partial
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+
+from commer.prompting import UserDocuments
+from pipelines import faults
+from pipelines.inference import ComMerGenerator, GenerationSettings, generation_settings
+from pipelines.io import (DEAD, check_fingerprints, input_table, match, parse_as_dict, read_records, read_tables,
+                          write_dead_letters, write_tables)
+from pipelines.options import dead_letter_folder, parse
+from pipelines.rejections import Stream, check_run, report_reasons, top_reasons
+from pipelines.retrieved_merge import (MergeSettings, UserPool, compress_instructions, compression_shards,
+                                       merge_report, merge_settings, merge_summary, read_compressions)
+from pipelines.runtime import (CliError, counter, counter_values, counters, new_run_id, run_cli, run_pipeline,
+                               write_json)
+from pipelines.tables import Commit, check_separate, commit_outputs, plan_output
+from schemas import DeadLetter, Document, Prediction, Query, arrow_schema, tensor_column
+
+log = logging.getLogger(__name__)
+
+PROFILE_COLUMNS = ["user_id", "doc_count", "soft_prompt", "model_fingerprint"]
 
 
 def profile_rows(table) -> Iterable[tuple[str, dict]]:
@@ -206,26 +212,11 @@ def _count_prediction(row: dict) -> dict:
     return row
 
 
-def settings_from(opts) -> GenerationSettings:
-    checkpoint, config = checkpoint_config(opts)
-    if not config.trained and opts.mode == "commer":
-        log.warning("checkpoint %s is untrained (trained=false): soft prompts carry little meaning", checkpoint)
-    try:
-        return GenerationSettings(
-            checkpoint=checkpoint, backbone=opts.backbone, dtype=opts.dtype, device=opts.device,
-            cache_dir=opts.cache_dir, fingerprint=config.fingerprint, mode=opts.mode,
-            num_documents=opts.num_documents, max_prompt_tokens=opts.max_prompt_tokens,
-            max_new_tokens=opts.max_new_tokens, do_sample=opts.do_sample, temperature=opts.temperature,
-            top_p=opts.top_p, seed=opts.seed, batch_size=opts.batch_size)
-    except ValidationError as exc:
-        raise CliError(f"invalid flag value: {describe_errors(exc)} (see --help)") from None
-
-
 def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
-    opts, options = parse(parser, argv, required=("queries", "output"), check=True)
-    settings = settings_from(opts)
+    opts, options = parse(parser, argv, required=parser.required_flags, check=True)
+    settings = generation_settings(opts)
     merge = merge_settings(opts, settings.fingerprint)
     if opts.mode == "commer" and not opts.profiles and merge is None:
         raise CliError("--mode=commer needs --profiles (compress_users' --output folder); "
@@ -268,8 +259,7 @@ def main(argv: list[str]) -> int:
         "reconciled": read == answered + rejected + duplicates,
         "seconds": round(seconds, 2),
         "settings": settings.model_dump(),
-        # How each soft prompt was merged: the whole profile, or the top M stored compressions per query.
-        "merge": {"merge": "all"} if merge is None else {"merge": "retrieved", **merge.model_dump(exclude={"fingerprint"})},
+        "merge": merge_summary(merge, counts),
         "dead_letter_reasons": top_reasons(tables["dead letters"]),
     }
     streams = [Stream("--queries", read, rejected),
@@ -281,8 +271,11 @@ def main(argv: list[str]) -> int:
     write_json(f"{output}/run_summary.json", summary)
     if refused:
         raise refused
-    print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized), "
-          f"{rejected} dead-lettered, {duplicates} duplicates  ({seconds:.1f} s)")
+    print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized, "
+          f"{summary['predictions_not_personalized']} not), {rejected} dead-lettered, {duplicates} duplicates  "
+          f"({seconds:.1f} s)")
+    for line in merge_report(summary["merge"], answered):
+        print(line)
     report_reasons(summary)
     print(f"predictions: {output}/predictions (version {summary['committed']['predictions']})  "
           f"dead letters: {dead_letter_folder(opts)}  summary: {output}/run_summary.json")

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.offline import stands_in
 from pipelines.runtime import CliError
 from schemas import read_metadata
 
@@ -29,7 +30,7 @@ def _days(value: Optional[float]) -> str:
 def recorded_half_life(profile_files: Sequence[str]) -> Optional[float]:
     """The half-life the previous profiles were built with (None = plain mean); shards must agree."""
     found = {}
-    for path in profile_files:
+    for path in [f for f in profile_files if not stands_in(f)]:
         value = read_metadata(_schema(path)).get("half_life_days")
         found.setdefault(None if value is None else float(value), path)
     if len(found) > 1:
@@ -47,7 +48,7 @@ def check_half_life(half_life_days: Optional[float], profile_files: Sequence[str
     if half_life_days is not None and not (math.isfinite(half_life_days) and half_life_days > 0):
         raise CliError(f"--half_life_days {half_life_days:g}: must be a positive number of days (e.g. 180); leave "
                        "it out for the paper's plain mean")
-    if profile_files:
+    if [f for f in profile_files if not stands_in(f)]:
         stored = recorded_half_life(profile_files)
         if stored != half_life_days:
             fix = "leave --half_life_days out" if stored is None else f"pass --half_life_days {stored:g}"
@@ -56,7 +57,7 @@ def check_half_life(half_life_days: Optional[float], profile_files: Sequence[str
                            f"combined); {fix}, or recompute every profile with a full run (all documents, no "
                            "--previous_profiles)")
     if half_life_days is not None:
-        for path in compression_files:
+        for path in [f for f in compression_files if not stands_in(f)]:
             if "created_at" not in _schema(path).names:
                 raise CliError(f"--previous_document_compressions {path} has no created_at (written before recency "
                                "weighting), so deletions cannot subtract the weight a document was added with; "

@@ -16,7 +16,7 @@ import apache_beam as beam
 import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from transformers import AutoTokenizer
 
 from commer import ComMer
@@ -25,18 +25,14 @@ from commer.checkpoint import read_config
 from commer.model import tokenize_documents
 from commer.precision import resolve_dtype
 from commer.prompting import fit_documents
-from pipelines import progress
+from pipelines import faults, progress
 from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
-from pipelines import faults
-from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
+from pipelines.flags import IN_PROMPT_MAX_TOKENS
+from pipelines.runtime import INFERENCE_NAMESPACE, CliError, checkpoint_config, counter
 from schemas import Prediction
-from schemas.validation import ValidDocument
+from schemas.validation import ValidDocument, describe_errors
 
 log = logging.getLogger(__name__)
-
-# In-prompt prompts hold whole documents: the checkpoint's instruction limit (sized for
-# ComMer's short prompts) would cut them and make the baseline look cheaper than it is.
-IN_PROMPT_MAX_TOKENS = 2048
 
 _MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()
@@ -155,14 +151,18 @@ class ComMerModelHandler(ModelHandler):
         self.large_model, self.packed = large_model, packed
 
     def load_model(self) -> Compressor:
+        progress.now("loading the model")
         compressor = Compressor(shared_model(*self.args), self.packed)
+        progress.now()
         faults.point("model_loaded")
         return compressor
 
     def run_inference(self, batch, model: Compressor, inference_args=None):
+        done = sum(len(element) for element in batch)
+        progress.now(f"compressing a batch of {done} documents")
         results = [PredictionResult([(x[0], x[1], x[3]) for x in element], model.compress([x[2] for x in element]))
                    for element in batch]
-        done = sum(len(element) for element in batch)
+        progress.now()
         progress.add(progress.DONE, done)
         _INFERRED.inc(done)  # the same progress as a Beam metric (Dataflow's console)
         return results
@@ -228,7 +228,9 @@ class ComMerGenerator(ModelHandler):
 
     def load_model(self):
         s = self.settings
+        progress.now("loading the model")
         model = shared_model(s.checkpoint, s.backbone, s.dtype, s.device, s.cache_dir)
+        progress.now()
         return _Loaded(model, s.max_prompt_tokens or (IN_PROMPT_MAX_TOKENS if s.mode == "in_prompt" else 0))
 
     def batch_elements_kwargs(self):
@@ -257,22 +259,55 @@ class ComMerGenerator(ModelHandler):
         soft = [r["soft_prompt"] for r in rows]
         options = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, temperature=s.temperature,
                        top_p=s.top_p, max_prompt_tokens=limit)
+        progress.now(f"generating a batch of {len(rows)} answers (up to {s.max_new_tokens} tokens each)")
         if s.do_sample:
             # One seed per query, so a query's sample does not depend on what it was batched with.
             texts = [m.generate([p], [x], seed=sample_seed(s.seed, r["query_id"]), **options)[0]
                      for p, x, r in zip(soft, instructions, rows)]
         else:
             texts = m.generate(soft, instructions, seed=s.seed, **options)
+        progress.now(f"scoring the references of a batch of {len(rows)}")
         scored = [i for i, r in enumerate(rows) if r["reference"] is not None]
-        perplexity = [None] * len(rows)
-        if scored:
-            values = m.perplexity([soft[i] for i in scored], [instructions[i] for i in scored],
-                                  [rows[i]["reference"] for i in scored], max_prompt_tokens=limit).tolist()
-            for i, v in zip(scored, values):
-                perplexity[i] = float(v)
+        perplexity = _perplexities(m, scored, [soft[i] for i in scored], [instructions[i] for i in scored],
+                                   rows, limit, len(rows))
+        # The same reference without the profile (no soft prompt, no documents): evaluate compares each
+        # personalized query with itself, never with other users' queries.
+        paired = [i for i in scored if rows[i]["personalized"]]
+        unpersonalized = _perplexities(m, paired, [None] * len(paired), [rows[i]["instruction"] for i in paired],
+                                       rows, limit, len(rows))
+        progress.now()
         progress.add(progress.DONE, len(rows))
-        for r, text, p, x, n, ppl in zip(rows, texts, soft, instructions, doc_counts, perplexity):
+        for r, text, p, x, n, ppl, base in zip(rows, texts, soft, instructions, doc_counts, perplexity, unpersonalized):
             tokens = len(m.prompt_ids(x, limit)) + (m.K if p is not None else 0)
             yield Prediction(user_id=r["user_id"], query_id=r["query_id"], instruction=r["instruction"], prediction=text,
                              personalized=r["personalized"], doc_count=n, reference=r["reference"],
-                             perplexity=ppl, prompt_tokens=tokens, model_fingerprint=s.fingerprint).model_dump()
+                             perplexity=ppl, perplexity_unpersonalized=base, prompt_tokens=tokens,
+                             model_fingerprint=s.fingerprint).model_dump()
+
+
+def _perplexities(model, which: list[int], soft: list, instructions: list[str], rows: list[dict],
+                  limit: Optional[int], size: int) -> list[Optional[float]]:
+    """Perplexity of the references of rows `which` (None for the others), one batched forward."""
+    out: list[Optional[float]] = [None] * size
+    if which:
+        values = model.perplexity(soft, instructions, [rows[i]["reference"] for i in which],
+                                  max_prompt_tokens=limit).tolist()
+        for i, v in zip(which, values):
+            out[i] = float(v)
+    return out
+
+
+def generation_settings(opts) -> GenerationSettings:
+    """generate's flags → the settings its workers get; a bad value is one CLI line."""
+    checkpoint, config = checkpoint_config(opts)
+    if not config.trained and opts.mode == "commer":
+        log.warning("checkpoint %s is untrained (trained=false): soft prompts carry little meaning", checkpoint)
+    try:
+        return GenerationSettings(
+            checkpoint=checkpoint, backbone=opts.backbone, dtype=opts.dtype, device=opts.device,
+            cache_dir=opts.cache_dir, fingerprint=config.fingerprint, mode=opts.mode,
+            num_documents=opts.num_documents, max_prompt_tokens=opts.max_prompt_tokens,
+            max_new_tokens=opts.max_new_tokens, do_sample=opts.do_sample, temperature=opts.temperature,
+            top_p=opts.top_p, seed=opts.seed, batch_size=opts.batch_size)
+    except ValidationError as exc:
+        raise CliError(f"invalid flag value: {describe_errors(exc)} (see --help)") from None

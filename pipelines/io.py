@@ -31,13 +31,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 
 from pipelines import faults, progress
+from pipelines.offline import stands_in
 from pipelines.profile_state import Change, PreviousProfile, Update
 from pipelines.reading import ReadJsonLines
 from pipelines.reconcile import Event
 from pipelines.runtime import CliError, InputError, counter
 from pipelines.tables import OutputTable, input_version
 from schemas import DeadLetter, read_metadata, tensor_column, to_table
-from schemas.tables import TableVersion, is_legacy, legacy_shards
+from schemas.tables import TableVersion, is_legacy, legacy_shards, split_version
 from schemas.validation import DEFAULT_MAX_RECORD_BYTES, dead_letter_json, parse_record, row_dead_letter
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ def _is_folder(path: str) -> bool:
 
 def match(pattern: str, flag: str) -> list[str]:
     """The files a glob names, sorted; a CliError naming the flag when there are none, or for a folder."""
+    if stands_in(pattern):
+        return [pattern]
     if _is_folder(pattern.rstrip("/")):
         raise CliError(f"{flag} {pattern} is a folder: pass a file or a glob, e.g. {pattern.rstrip('/')}/*.jsonl")
     try:
@@ -88,6 +91,8 @@ def input_table(path: str, flag: str, preferred: str, paired: TableVersion | Non
     path = path.rstrip("/")
     if path.endswith(".parquet") or any(c in path for c in "*?["):
         return InputTable(match(path, flag))
+    if stands_in(path):  # a dry run plans with the table's files as a glob (pipelines.offline)
+        return InputTable([f"{split_version(path)[0]}/{preferred}/*/*.parquet"])
     if paired is not None and "@" not in path.rsplit("/", 1)[-1]:
         found = input_version(path, flag, preferred)
         if found is not None and found.table_id == paired.table_id and found.version != paired.version:
@@ -127,7 +132,7 @@ def check_fingerprints(files: Sequence[str], expected: str, flag: str, record: s
     """Refuse tables of another record type or made with another checkpoint (their vectors live in
     another embedding space). Reads Parquet footers and the (tiny, dictionary-encoded) fingerprint
     column only, so it stays cheap for millions of rows."""
-    for path in files:
+    for path in [f for f in files if not stands_in(f)]:
         try:
             f = FileSystems.open(path)
             parquet = pq.ParquetFile(f)
@@ -158,7 +163,7 @@ def check_unique_users(files: Sequence[str], flag: str) -> None:
     """Refuse previous profiles that hold a user twice (e.g. two runs' shards mixed in an old folder), in
     one line naming the user and the files, before anything runs. Reads the user_id column only."""
     columns = []
-    for path in files:
+    for path in [f for f in files if not stands_in(f)]:
         with FileSystems.open(path) as f:
             ids = pq.ParquetFile(f).read(columns=["user_id"]).column(0).combine_chunks()
         columns.append(pa.table({"user_id": ids, "file": pa.array([path] * len(ids), pa.string())}))
@@ -248,7 +253,7 @@ class ReadParquet(beam.DoFn):
 def check_parquet(files: Sequence[str], flag: str) -> None:
     """Every Parquet file's footer reads (before anything runs): a corrupt or non-Parquet file is one line."""
     for path in files:
-        if not is_parquet(path):
+        if not is_parquet(path) or stands_in(path):
             continue
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:

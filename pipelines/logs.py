@@ -20,8 +20,9 @@ from typing import Sequence
 import huggingface_hub.utils as hf_hub_utils
 import transformers.utils.logging as hf_logging
 
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-DEFAULT_LEVEL = "WARNING"
+from pipelines.flags import DEFAULT_LOG_LEVEL, LOG_LEVELS
+
+LEVELS, DEFAULT_LEVEL = LOG_LEVELS, DEFAULT_LOG_LEVEL
 OWN_LOGGERS = ("pipelines", "commer", "schemas", "training")
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 # Known noise of a local Beam run (each says nothing a ComMer user can act on).

@@ -17,14 +17,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 QUALITY_PLOT = "quality_vs_doc_count.png"
 USER_ROUGE_PLOT = "per_user_rougeL.png"
 PERPLEXITY_PLOT = "perplexity_histogram.png"
-# A line between buckets claims a trend: drawn only across this many buckets with this many scored queries each.
-TREND_MIN_BUCKETS = 3
-TREND_MIN_QUERIES = 5
-
-
-def shows_trend(rows: list[dict]) -> bool:
-    """Whether the buckets support a trend line (else points only, each with its count)."""
-    return len(rows) >= TREND_MIN_BUCKETS and all(r["with_reference"] >= TREND_MIN_QUERIES for r in rows)
 
 
 def _save(fig, path: str) -> None:
@@ -43,46 +35,35 @@ def _empty(ax, text: str) -> None:
 
 
 def quality_vs_doc_count(by_doc_count: list[dict], path: str, title: str = "") -> None:
-    """Mean ROUGE-1/ROUGE-L (and perplexity) per bucket of the user's document count."""
-    rows = [r for r in by_doc_count if r["queries"]]
+    """The profile's effect by the user's document count, like with like: per bucket, the perplexity of the
+    SAME queries' references with and without the profile (geometric means; generate scores both). Comparing
+    buckets with each other would compare different users and queries, so no line joins them."""
+    rows = [r for r in by_doc_count if (r.get("paired") or {}).get("queries")]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    if not any(r["with_reference"] for r in rows):
-        _empty(ax, "no predictions with a reference")
+    if not rows:
+        _empty(ax, "no query scored with and without its profile\n(no personalized query with a reference, or "
+                   "predictions from\na generate that did not score both)")
     else:
-        rows = [r for r in rows if r["with_reference"]]
-        labels = [("none" if r["bucket"] == "0" else r["bucket"]) + f"\n(n={r['with_reference']})" for r in rows]
         x = list(range(len(rows)))
-        line = "-" if shows_trend(rows) else "none"  # points only: too few buckets or queries for a trend
-        for key, name, marker, shift in (("rouge1", "ROUGE-1", "o", -0.06), ("rougeL", "ROUGE-L", "s", 0.06)):
-            at = x if line == "-" else [i + shift for i in x]  # side by side, so equal values both show
-            ax.plot(at, [r[key] if r[key] is not None else float("nan") for r in rows], marker=marker, label=name,
-                    linestyle=line)
-        if line == "none":
-            title = title or (f"Quality against the number of documents\n(points only: a trend needs ≥ "
-                              f"{TREND_MIN_BUCKETS} buckets with ≥ {TREND_MIN_QUERIES} queries each)")
-        ax.set_xlim(-0.5, len(rows) - 0.5)
-        ax.set_xticks(x, labels)
-        ax.set_xlabel("documents behind the answer: in the soft prompt, or in the prompt text (n = queries scored)")
-        ax.set_ylabel("mean F-measure")
-        ax.set_ylim(0, max(0.05, max((r["rouge1"] or 0) for r in rows) * 1.25))
-        ppl = [r["perplexity"]["mean"] for r in rows]
-        if any(p is not None for p in ppl):
-            twin = ax.twinx()
-            twin.plot(x, [p if p is not None else float("nan") for p in ppl], color="tab:red",
-                      linestyle="--" if line == "-" else "none", marker="^", label="perplexity")
-            twin.set_ylabel("mean perplexity of the reference", color="tab:red")
-            known = [p for p in ppl if p is not None]
-            if max(known) > 10 * min(known):  # a log axis only where the values span a decade
-                twin.set_yscale("log")
-            lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-            ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
-        else:
-            ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(title or "Quality against the number of documents")
+        without = [r["paired"]["perplexity_without_profile"] for r in rows]
+        with_profile = [r["paired"]["perplexity_with_profile"] for r in rows]
+        ax.bar([i - 0.2 for i in x], without, width=0.4, color="tab:gray", label="without the profile")
+        ax.bar([i + 0.2 for i in x], with_profile, width=0.4, color="tab:blue", label="with the profile")
+        for i, r in zip(x, rows):
+            ax.annotate(f"×{r['paired']['ratio']:.2f}", (i, max(without[i], with_profile[i])), ha="center",
+                        va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        if max(without + with_profile) > 10 * min(without + with_profile):
+            ax.set_yscale("log")  # a log axis only where the values span a decade
+        ax.set_xticks(x, [f"{r['bucket']}\n(n={r['paired']['queries']})" for r in rows])
+        ax.set_xlabel("documents in the user's profile (n = queries scored both ways)")
+        ax.set_ylabel("perplexity of the reference\n(geometric mean over the same queries)")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title or "What the profile changes, on the same queries (×: with / without)")
     _save(fig, path)
 
 
-def _bars(ax, histogram: dict, log_x: bool = False) -> None:
+def _bars(ax, histogram: dict, log_x: bool = False) -> float:
+    """Histogram bars; the axis spans the bins that hold values. Returns the upper edge of the last one."""
     edges, counts = histogram["edges"], histogram["counts"]
     lefts, widths = edges[:-1], [b - a for a, b in zip(edges[:-1], edges[1:])]
     ax.bar(lefts, counts, width=widths, align="edge", edgecolor="white", color="tab:blue")
@@ -91,6 +72,7 @@ def _bars(ax, histogram: dict, log_x: bool = False) -> None:
     used = [i for i, c in enumerate(counts) if c]
     if used:
         ax.set_xlim(edges[used[0]], edges[used[-1] + 1])
+    return edges[used[-1] + 1] if used else edges[-1]
 
 
 def per_user_rouge(distribution: dict, path: str, title: str = "") -> None:
@@ -99,8 +81,8 @@ def per_user_rouge(distribution: dict, path: str, title: str = "") -> None:
     if not distribution["count"]:
         _empty(ax, "no users with a reference")
     else:
-        _bars(ax, distribution["histogram"])
-        ax.set_xlim(0, 1)
+        top = _bars(ax, distribution["histogram"])
+        ax.set_xlim(0, top)  # from 0 (the scale's floor) to the highest bin used: all values readable
         ax.axvline(distribution["mean"], color="tab:orange", linestyle="--",
                    label=f"mean over users = {distribution['mean']:.3f}")
         ax.set_xlabel("mean ROUGE-L of the user's queries")

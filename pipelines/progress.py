@@ -24,6 +24,7 @@ LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "Swit
 
 _counts: Counter = Counter()
 _lock = threading.Lock()
+_now: list[str] = [""]  # what the slow step is doing right now (a batch can take a minute on CPU)
 
 
 def add(name: str, n: int = 1) -> None:
@@ -37,10 +38,18 @@ def counts() -> dict:
         return dict(_counts)
 
 
-def line(unit: str, values: dict, seconds: float) -> str:
+def now(activity: str = "") -> None:
+    """Say what the slow step is doing (loading the model, generating a batch of N); "" when it is done.
+    The progress line shows it, so a line that stays at 0 done still says why."""
+    with _lock:
+        _now[0] = activity
+
+
+def line(unit: str, values: dict, seconds: float, activity: str = "") -> str:
     done, read = values.get(DONE, 0), values.get(READ, 0)
     rate = f"{done / seconds:.1f}/s" if seconds > 0 else "-"
-    return f"progress: {done} {unit} ({read} read), {rate}, {seconds:.0f} s elapsed"
+    return f"progress: {done} {unit} ({read} read), {rate}, {seconds:.0f} s elapsed" + (f"; now {activity}"
+                                                                                         if activity else "")
 
 
 class Reporter:
@@ -55,6 +64,7 @@ class Reporter:
     def __enter__(self):
         with _lock:
             _counts.clear()
+            _now[0] = ""
         self.started = time.monotonic()
         self._thread.start()
         return self
@@ -65,7 +75,9 @@ class Reporter:
 
     def _run(self):
         while not self._stop.wait(self.interval):
-            log.info(line(self.unit, counts(), time.monotonic() - self.started))
+            with _lock:
+                activity = _now[0]
+            log.info(line(self.unit, counts(), time.monotonic() - self.started, activity))
 
 
 class _Nothing:

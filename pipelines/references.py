@@ -16,6 +16,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.io import ReadParquet, check_parquet, match
+from pipelines.offline import stands_in
 from pipelines.reading import ReadJsonLines
 from pipelines.runtime import CliError, counters
 from schemas.validation import DEFAULT_MAX_RECORD_BYTES, decode_line
@@ -28,7 +29,7 @@ def check_references(path: str) -> None:
     fail deep inside the pipeline, and a partly read one would silently skew the metrics.
     """
     files = match(path, "--references")
-    if path.endswith(".json"):
+    if path.endswith(".json") and not stands_in(path):
         for file in files:
             with FileSystems.open(file) as f:
                 try:
@@ -130,7 +131,7 @@ class AttachReference(beam.DoFn):
                 if row["reference"] != reference and row["perplexity"] is not None:
                     # generate scored another text; its perplexity says nothing about this one.
                     self.counters["perplexity_dropped_reference_changed"].inc()
-                    row = {**row, "perplexity": None}
+                    row = {**row, "perplexity": None, "perplexity_unpersonalized": None}
                 row = {**row, "reference": reference}
             rows.append(row)
         return rows

@@ -33,6 +33,8 @@ from schemas.validation import text_key
 log = logging.getLogger(__name__)
 
 COMPRESSION_COLUMNS = ["user_id", "doc_id", "compression", "model_fingerprint"]
+MERGE_COUNTERS = ("queries_candidates_without_text", "queries_some_candidates_without_text",
+                  "compressions_without_document", "documents_without_compression", "stored_compression_duplicates")
 RETRIEVALS = ("bm25", "similarity")
 
 
@@ -68,6 +70,26 @@ def merge_settings(flags, fingerprint: str) -> Optional[MergeSettings]:
         raise CliError("--retrieval=similarity ranks stored compressions and reads no text: drop --documents, "
                        "or use --retrieval=bm25")
     return MergeSettings(retrieval=retrieval, top_m=flags.top_m, fingerprint=fingerprint)
+
+
+def merge_summary(merge: Optional[MergeSettings], counts: dict) -> dict:
+    """run_summary.json's "merge": how each soft prompt was merged, and what the retrieved merge could not rank."""
+    if merge is None:
+        return {"merge": "all"}
+    return {"merge": "retrieved", **merge.model_dump(exclude={"fingerprint"}),
+            **{name: counts.get(name, 0) for name in MERGE_COUNTERS}}
+
+
+def merge_report(summary: dict, answered: int) -> list[str]:
+    """The report's line when the retrieved merge fell back (all or part of a user's candidates had no text)."""
+    lost, partly = summary.get("queries_candidates_without_text", 0), summary.get("queries_some_candidates_without_text", 0)
+    if not (lost or partly):
+        return []
+    return [f"merge=retrieved: {lost} of {answered} queries answered WITHOUT personalization (none of their user's "
+            f"stored compressions has its text in --documents) and {partly} ranked only the ones that have; "
+            f"{summary.get('compressions_without_document', 0)} stored compressions without text in all. Fix: pass "
+            "--documents with every document the compressions were made from, or --retrieval=similarity (needs no "
+            "text)"]
 
 
 # ---- reading the compressions table -------------------------------------------------------
@@ -152,6 +174,10 @@ def compress_instructions(queries, settings: GenerationSettings):
 _DUPLICATES = counter("stored_compression_duplicates")
 _WITHOUT_TEXT = counter("compressions_without_document")
 _WITHOUT_COMPRESSION = counter("documents_without_compression")
+# Queries answered WITHOUT personalization because none of the user's stored compressions has its text in
+# --documents, and queries ranked among only some of them: never a silent fall-back (issue 26).
+_QUERIES_NO_TEXT = counter("queries_candidates_without_text")
+_QUERIES_SOME_TEXT = counter("queries_some_candidates_without_text")
 
 
 def _one_per_doc(rows: Iterable[dict], content) -> dict[str, dict]:
@@ -179,11 +205,13 @@ class UserPool:
                 raise ValueError(f"document compression {row['doc_id']!r} of user {user_id} has fingerprint "
                                  f"{row['model_fingerprint']}, expected {merge.fingerprint}")
         texts: Optional[dict[str, dict]] = None
+        self.without_text = 0  # stored compressions BM25 cannot rank: their document is not in --documents
         if merge.retrieval == "bm25":
             # Only documents with both a compression and a text can be ranked and merged; with the
             # documents the profiles were built from, both counters stay at 0.
             texts = _one_per_doc(documents or [], lambda d: text_key(d["text"]))
-            _WITHOUT_TEXT.inc(len(stored.keys() - texts.keys()))
+            self.without_text = len(stored.keys() - texts.keys())
+            _WITHOUT_TEXT.inc(self.without_text)
             _WITHOUT_COMPRESSION.inc(len(texts.keys() - stored.keys()))
             stored = {d: row for d, row in stored.items() if d in texts}
         ids = list(stored)
@@ -193,7 +221,10 @@ class UserPool:
             if ids else ([], None, []))
 
     def soft_prompt(self, query: dict) -> tuple[Optional[np.ndarray], int]:
-        """(the mean of the query's top-M compressions, M used); (None, 0) when the user has none."""
+        """(the mean of the query's top-M compressions, M used); (None, 0) when the user has none. A query
+        whose user's compressions all lack text, or some do, is counted (generate reports both)."""
+        if self.without_text:
+            (_QUERIES_NO_TEXT if not self.doc_ids else _QUERIES_SOME_TEXT).inc()
         if not self.doc_ids:
             return None, 0
         if self.merge.retrieval == "bm25":

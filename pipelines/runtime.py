@@ -23,16 +23,14 @@ from commer.checkpoint import read_config
 from commer.config import ComMerConfig
 from commer.defaults import default_checkpoint
 from pipelines import logs, progress
+from pipelines.flags import CliError  # noqa: F401 (jobs and tests import it from here too)
+from pipelines.offline import stands_in
 
 log = logging.getLogger(__name__)
 
 # Every job's counters live in this namespace (RunInference's own metrics in INFERENCE_NAMESPACE).
 NAMESPACE = "commer"
 INFERENCE_NAMESPACE = "commer_inference"
-
-
-class CliError(Exception):
-    """A user error with a fix; the CLI prints it (naming the flag) without a traceback."""
 
 
 class InputError(ValueError):
@@ -70,8 +68,14 @@ def counters(*names: str) -> dict:
 
 
 def checkpoint_config(flags) -> tuple[str, ComMerConfig]:
-    """The checkpoint the model flags name (default: the bundled one) and its config; it must have a fingerprint."""
+    """The checkpoint the model flags name (default: the bundled one) and its config; it must have a fingerprint.
+    An offline dry run reads no remote checkpoint: the bundled one's config stands in (pipelines.offline)."""
     checkpoint = flags.checkpoint or default_checkpoint(flags.cache_dir)
+    if stands_in(checkpoint):
+        config = read_config(default_checkpoint(flags.cache_dir))
+        log.info("dry run: --checkpoint %s is not read; the bundled checkpoint's K=%d, d=%d stand in", checkpoint,
+                 config.num_compression_tokens, config.hidden_size)
+        return checkpoint, config.model_copy(update={"fingerprint": f"dry-run:{checkpoint}"})
     config = read_config(checkpoint)
     if not config.fingerprint:
         raise CliError(f"--checkpoint {checkpoint} records no fingerprint; re-save it with save_pretrained")

@@ -35,6 +35,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from pipelines import faults
+from pipelines.offline import stands_in
 from pipelines.runtime import CliError
 from schemas import arrow_schema, read_metadata, tensor_column, to_table
 from schemas.arrow import tensor_fields
@@ -86,6 +87,8 @@ def plan_output(label: str, flag: str, path: str, schema: pa.Schema, run_id: str
     if "@" in path and split_version(path)[1] is not None:
         raise CliError(f"{flag} {path}: an output is a table folder; @VERSION only names what to read")
     table = OutputTable(label, flag, path, schema, run_id)
+    if stands_in(path):  # an offline dry run reads nothing remote: planned as a new table (pipelines.offline)
+        return table
     if is_table(path):
         current = table_version(path)
         table.version = current.version

@@ -11,18 +11,17 @@ than your longest job (Delta's default, 168 hours, is the default here; below it
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from deltalake import DeltaTable
 
+from commer.cli import CliParser
 from pipelines.runtime import CliError, run_cli
 from schemas.tables import is_table
 
 DEFAULT_RETENTION_HOURS = 168
 
-parser = argparse.ArgumentParser(prog="python -m pipelines.vacuum", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = CliParser(prog="python -m pipelines.vacuum", description=__doc__)
 parser.add_argument("tables", nargs="+", help="Delta table folders (e.g. OUTPUT/profiles, OUTPUT/dead_letters).")
 parser.add_argument("--retention_hours", type=int, default=DEFAULT_RETENTION_HOURS,
                     help="Keep every file a version of the last N hours needs (default 168, Delta's).")

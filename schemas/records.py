@@ -165,6 +165,10 @@ class Prediction(Record):
     doc_count: int = Field(0, ge=0, description="Documents in the profile used (0 when not personalized).")
     reference: Optional[str] = Field(None, description="The query's reference answer, if it had one (blank: none).")
     perplexity: Optional[float] = Field(None, description="Perplexity of the reference given the soft prompt.")
+    perplexity_unpersonalized: Optional[float] = Field(
+        None, description="Perplexity of the same reference for the same instruction without the profile (no soft "
+                          "prompt, no documents), scored in the same pass; set for personalized queries only, so "
+                          "evaluate compares each query with itself.")
     prompt_tokens: int = Field(0, ge=0, description="Positions the generator processed before answering.")
     model_fingerprint: str = Field(description="Fingerprint of the checkpoint used.")
 
@@ -182,6 +186,9 @@ class QueryScore(Record):
     rouge1: Optional[float] = Field(None, description="ROUGE-1 F-measure (None without a reference).")
     rougeL: Optional[float] = Field(None, description="ROUGE-L F-measure (None without a reference).")
     perplexity: Optional[float] = Field(None, description="Perplexity of the reference, as generate recorded it.")
+    perplexity_unpersonalized: Optional[float] = Field(
+        None, description="Perplexity of the same reference without the profile, as generate recorded it "
+                          "(personalized queries only).")
 
 
 class UserScore(Record):
@@ -194,10 +201,16 @@ class UserScore(Record):
     rouge1: Optional[float] = Field(None, description="Mean ROUGE-1 over queries with a reference.")
     rougeL: Optional[float] = Field(None, description="Mean ROUGE-L over queries with a reference.")
     perplexity_count: int = Field(0, description="Queries with a finite perplexity.")
-    perplexity_mean: Optional[float] = Field(None, description="Arithmetic mean perplexity.")
-    perplexity_geometric_mean: Optional[float] = Field(None, description="exp(mean log perplexity).")
+    perplexity_geometric_mean: Optional[float] = Field(None, description="exp(mean log perplexity): the one "
+                                                       "mean of perplexity (commer.metrics).")
     perplexity_min: Optional[float] = Field(None, description="Lowest perplexity.")
     perplexity_max: Optional[float] = Field(None, description="Highest perplexity.")
+    paired_queries: int = Field(0, description="Personalized queries scored with and without the profile.")
+    paired_perplexity_with_profile: Optional[float] = Field(None, description="Their geometric mean perplexity "
+                                                            "with the profile.")
+    paired_perplexity_without_profile: Optional[float] = Field(None, description="The same queries' geometric "
+                                                               "mean perplexity without it.")
+    paired_ratio: Optional[float] = Field(None, description="with / without (< 1: the profile helps).")
     prompt_tokens_mean: Optional[float] = Field(None, description="Mean prompt positions.")
     doc_count_max: int = Field(0, description="Most documents in a profile used.")
 

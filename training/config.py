@@ -192,7 +192,7 @@ class TrainConfig(BaseModel):
 
 
 def build_parser(cls=TrainConfig) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train ComMer (or the prompt-tuning baseline).")
+    parser = argparse.ArgumentParser(prog="python -m training.train", description="Train ComMer (or the prompt-tuning baseline).")
     parser.add_argument("--config", help="YAML or JSON file with TrainConfig fields.")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
                         help="Override any field (value parsed as YAML, e.g. lora_target_modules=[q_proj,v_proj]).")

@@ -435,7 +435,7 @@ def plot_all(folder: Path, rows: list[dict], extras: dict) -> list[str]:
 # ---- main --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate_controls", description=__doc__.split("\n")[0])
     p.add_argument("--data", nargs="+", required=True, help="HuffPost JSONL file(s); rows are concatenated.")
     p.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled one).")
     p.add_argument("--prompt_tuning", default=None, help="Prompt-tuning folder for the documents-as-text rows "

@@ -239,7 +239,7 @@ def write_table(path: Path, rows: list[dict], header: dict) -> str:
 # ---- main --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate_recency", description=__doc__.split("\n")[0])
     p.add_argument("--data", nargs="+", required=True,
                    help="HuffPost JSONL file(s) with a `date`; rows are concatenated.")
     p.add_argument("--checkpoint", default=None, help="ComMer checkpoint (default: the bundled one).")

@@ -154,7 +154,7 @@ def load_model(method: str, checkpoint: str | None, cache: str | None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate_task", description=__doc__.split("\n")[0])
     p.add_argument("--task", required=True, choices=["pretrain", "news", "lamp4", "lamp7", "perltqa"])
     p.add_argument("--data", nargs="+", required=True, help="Data file(s), as for training.train.")
     p.add_argument("--data_outputs", default=None, help="LaMP outputs JSON / PerLTQA QA JSON.")

@@ -383,7 +383,7 @@ def _record_recipe(final: Path, record: dict) -> None:
 def build_parser():
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m training.recipe", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for name, field in RecipeConfig.model_fields.items():
         default = field.get_default(call_default_factory=True)

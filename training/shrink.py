@@ -68,7 +68,7 @@ def shrink(model: ComMer, rank: int, cache: str | None = None) -> tuple[ComMer, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Shrink a ComMer checkpoint's LoRA rank by truncated SVD.")
+    p = argparse.ArgumentParser(prog="python -m training.shrink", description="Shrink a ComMer checkpoint's LoRA rank by truncated SVD.")
     p.add_argument("--checkpoint", required=True, help="Trained ComMer checkpoint folder.")
     p.add_argument("--rank", type=int, required=True, help="New LoRA rank (below the checkpoint's).")
     p.add_argument("--output", required=True, help="Folder for the shrunk checkpoint.")

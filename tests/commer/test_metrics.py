@@ -39,7 +39,8 @@ def test_stemmer_flag():
 
 
 def test_score_without_reference_has_no_rouge():
-    assert m.score("anything", None, 12.5) == {"rouge1": None, "rougeL": None, "perplexity": 12.5}
+    assert m.score("anything", None, 12.5) == {"rouge1": None, "rougeL": None, "perplexity": 12.5,
+                                               "perplexity_unpersonalized": None}
 
 
 def _rows(n, seed=0):
@@ -51,6 +52,8 @@ def _rows(n, seed=0):
                      "prompt_tokens": rng.randint(5, 300),
                      "rouge1": rng.random() if has_ref else None, "rougeL": rng.random() if has_ref else None,
                      "perplexity": math.exp(rng.uniform(0, 9)) if has_ref else None})
+        if has_ref and rows[-1]["personalized"]:
+            rows[-1]["perplexity_unpersonalized"] = rows[-1]["perplexity"] * math.exp(rng.uniform(-1, 2))
     return rows
 
 
@@ -63,12 +66,25 @@ def test_aggregate_means_and_counts():
     assert summary["rouge1"] == pytest.approx(sum(r["rouge1"] for r in refs) / len(refs))
     assert summary["rougeL"] == pytest.approx(sum(r["rougeL"] for r in refs) / len(refs))
     ppl = [r["perplexity"] for r in refs]
-    assert summary["perplexity"]["mean"] == pytest.approx(sum(ppl) / len(ppl))
+    assert "mean" not in summary["perplexity"]  # one mean for perplexity: the geometric one
     assert summary["perplexity"]["geometric_mean"] == pytest.approx(math.exp(sum(map(math.log, ppl)) / len(ppl)))
     assert summary["perplexity"]["min"] == min(ppl) and summary["perplexity"]["max"] == max(ppl)
     hist = summary["perplexity"]["histogram"]
     assert sum(hist["counts"]) + hist["below"] + hist["above"] == len(ppl)
     assert summary["prompt_tokens_mean"] == pytest.approx(sum(r["prompt_tokens"] for r in rows) / 50)
+
+
+def test_paired_perplexity_compares_each_query_with_itself():
+    """The profile's effect over the same queries: a query without its unpersonalized pair is left out, and the
+    ratio is the geometric mean of the per-query ratios (so one other user's hard query cannot fake an effect)."""
+    rows = [{"perplexity": 100.0, "perplexity_unpersonalized": 200.0, "personalized": True},
+            {"perplexity": 10.0, "perplexity_unpersonalized": 10.0, "personalized": True},
+            {"perplexity": 5.0, "personalized": False}]  # not personalized: no pair
+    paired = m.aggregate(rows)["paired"]
+    assert paired["queries"] == 2
+    assert paired["perplexity_with_profile"] == pytest.approx(math.sqrt(100 * 10))
+    assert paired["perplexity_without_profile"] == pytest.approx(math.sqrt(200 * 10))
+    assert paired["ratio"] == pytest.approx(math.sqrt(0.5 * 1.0))
 
 
 def test_aggregate_merge_is_order_free_and_mutates_only_first():
@@ -95,7 +111,9 @@ def _close(a, b):
 
 def test_empty_aggregate_has_no_means():
     summary = m.Aggregate().summary()
-    assert summary["queries"] == 0 and summary["rouge1"] is None and summary["perplexity"]["mean"] is None
+    assert summary["queries"] == 0 and summary["rouge1"] is None and summary["perplexity"]["geometric_mean"] is None
+    assert summary["paired"] == {"queries": 0, "perplexity_with_profile": None, "perplexity_without_profile": None,
+                                 "ratio": None}
 
 
 def test_doc_count_buckets():

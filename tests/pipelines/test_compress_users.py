@@ -330,3 +330,31 @@ def test_batches_are_length_sorted_and_padding_is_small():
     arrival_order = [[x[2] for x in docs[i:i + 16]] for i in range(0, len(docs), 16)]
     unsorted_padding = sum(map(padding_fraction, arrival_order)) / len(arrival_order)
     assert mean_padding < 0.05 and mean_padding < unsorted_padding / 4, (mean_padding, unsorted_padding)
+
+
+def test_the_refresh_report_says_what_changed(tmp_path, tiny_checkpoint, commer_cache, capsys):
+    """Issue 26: a refresh's report names new / updated / unchanged / removed profiles and the deletions."""
+    from pipelines.compress_users import main
+    from pipelines.runtime import run_cli
+    base = [{"user_id": u, "doc_id": d, "text": f"{u} writes about {d}"} for u in ("a", "b", "c") for d in ("1", "2")]
+    base.append({"user_id": "leaver", "doc_id": "1", "text": "goodbye"})
+    write_jsonl(tmp_path / "base.jsonl", base)
+    job(tmp_path, tiny_checkpoint, commer_cache, tmp_path / "base.jsonl", "base",
+        "--document_compressions_output", str(tmp_path / "comp"))
+    write_jsonl(tmp_path / "new.jsonl", [{"user_id": "a", "doc_id": "3", "text": "a writes again"},
+                                         {"user_id": "newcomer", "doc_id": "1", "text": "hello"}])
+    write_jsonl(tmp_path / "del.jsonl", [{"user_id": "leaver", "doc_id": "1"}, {"user_id": "b", "doc_id": "1"},
+                                         {"user_id": "ghost", "doc_id": "9"}])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, ["--input", str(tmp_path / "new.jsonl"), "--output", str(tmp_path / "after"),
+                       "--checkpoint", tiny_checkpoint, "--cache_dir", commer_cache, "--direct_running_mode=in_memory",
+                       "--previous_profiles", str(tmp_path / "base"), "--deletions", str(tmp_path / "del.jsonl"),
+                       "--previous_document_compressions", str(tmp_path / "comp")])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0, out
+    assert "users: 4 (1 new, 2 updated, 1 unchanged; 1 removed with no documents left)" in out
+    assert ("deletions: 3 requested, 2 applied, 1 matched no stored document, 0 named a document twice, 0 invalid "
+            "(dead-lettered)") in out
+    summary = json.loads((tmp_path / "after" / "run_summary.json").read_text())
+    assert summary["profiles_changed"]["new"] == 1 and summary["deletions"]["applied"] == 2

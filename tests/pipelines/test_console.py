@@ -65,6 +65,22 @@ def test_progress_lines_at_a_steady_interval(restore_logging, caplog):
     assert lines[-1].startswith("progress: 4 documents compressed (10 read), ") and "s elapsed" in lines[-1]
 
 
+def test_a_progress_line_says_what_a_slow_batch_is_doing(restore_logging, caplog):
+    """generate's first batch can take a minute on CPU: the line at 0 answered says why (issue 26)."""
+    caplog.set_level(logging.INFO, logger="pipelines.progress")
+    with progress.Reporter("queries answered", interval=0.05):
+        progress.add(progress.READ, 13)
+        progress.now("generating a batch of 13 answers (up to 32 tokens each)")
+        time.sleep(0.2)
+        progress.now()
+        progress.add(progress.DONE, 13)
+        time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipelines.progress"]
+    assert any(x.startswith("progress: 0 queries answered (13 read)") and
+               x.endswith("; now generating a batch of 13 answers (up to 32 tokens each)") for x in lines)
+    assert lines[-1].startswith("progress: 13 queries answered") and "now" not in lines[-1]
+
+
 def test_progress_only_reports_on_local_runners():
     from apache_beam.options.pipeline_options import PipelineOptions
     assert isinstance(progress.report(PipelineOptions(["--runner=FnApiRunner"]), "x"), progress.Reporter)

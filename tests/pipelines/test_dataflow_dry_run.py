@@ -46,3 +46,38 @@ def test_all_three_jobs_build_for_dataflow_without_submitting(profiles, tiny_che
                   capsys)
     assert "job graph built for Dataflow, not submitted" in out
     assert not (profiles / "o1").exists() or not list((profiles / "o1").rglob("*.parquet"))
+
+
+def test_an_offline_dry_run_reads_no_remote_table(tiny_checkpoint, commer_cache, capsys, monkeypatch):
+    """Issue 26 on the Delta layout: with every input and output table remote, a dry run plans without opening
+    one (no Delta log, no listing, no footer) -- any remote read here fails the test."""
+    import fsspec
+    from apache_beam.io.filesystems import FileSystems
+
+    remote = []  # recorded as well as refused: some readers take any error for "no table there"
+
+    def local_only(read):
+        def guarded(*args, **kwargs):
+            named = [a for a in args if isinstance(a, str)] + [p for a in args if isinstance(a, list) for p in a]
+            if any(str(p).startswith("gs://") for p in named):
+                remote.extend(named)
+                raise OSError(f"offline: {named}")
+            return read(*args, **kwargs)
+        return guarded
+
+    monkeypatch.setattr(fsspec, "get_fs_token_paths", local_only(fsspec.get_fs_token_paths))
+    for name in ("match", "open", "exists"):
+        monkeypatch.setattr(FileSystems, name, staticmethod(local_only(getattr(FileSystems, name))))
+    model = ["--checkpoint", tiny_checkpoint, "--cache_dir", commer_cache]
+    out = dry_run(compress_users, ["--input", "gs://demo/docs/*.jsonl", "--output", "gs://demo/out",
+                                   "--previous_profiles", "gs://demo/prev@3", "--deletions", "gs://demo/del.jsonl",
+                                   "--previous_document_compressions", "gs://demo/comp",
+                                   "--document_compressions_output", "gs://demo/comp2", *model], capsys)
+    assert "job graph built for Dataflow, not submitted" in out
+    out = dry_run(generate, ["--queries", "gs://demo/q.jsonl", "--profiles", "gs://demo/out", "--output",
+                             "gs://demo/gen", *model], capsys)
+    assert "job graph built for Dataflow, not submitted" in out
+    out = dry_run(evaluate, ["--predictions", "gs://demo/gen", "--references", "gs://demo/refs.json",
+                             "--output", "gs://demo/ev"], capsys)
+    assert "job graph built for Dataflow, not submitted" in out
+    assert remote == []

@@ -49,7 +49,21 @@ def test_generate_then_evaluate(tiny_checkpoint, commer_cache, tmp_path):
     assert overall["queries"] == 5 and overall["with_reference"] == 4 and overall["personalized"] == 4
     assert overall["rouge1"] == pytest.approx(sum(s["rouge1"].fmeasure for s in direct) / 4)
     assert overall["rougeL"] == pytest.approx(sum(s["rougeL"].fmeasure for s in direct) / 4)
-    assert overall["perplexity"]["mean"] == pytest.approx(sum(r["perplexity"] for r in with_ref) / 4)
+    import math
+    assert overall["perplexity"]["geometric_mean"] == pytest.approx(
+        math.exp(sum(math.log(r["perplexity"]) for r in with_ref) / 4))
+    # The same queries scored without the profile, in generate's one pass: the pairs evaluate compares.
+    pairs = [r for r in with_ref if r["personalized"]]
+    assert pairs and all(r["perplexity_unpersonalized"] is not None for r in pairs)
+    assert all(r["perplexity_unpersonalized"] is None for r in rows if not r["personalized"])
+    unpersonalized = model.perplexity([None] * len(pairs), [r["instruction"] for r in pairs],
+                                      [r["reference"] for r in pairs]).tolist()
+    assert [r["perplexity_unpersonalized"] for r in pairs] == pytest.approx(unpersonalized, rel=1e-4)
+    paired = overall["paired"]
+    assert paired["queries"] == len(pairs) and paired["ratio"] == pytest.approx(math.exp(sum(
+        math.log(r["perplexity"] / r["perplexity_unpersonalized"]) for r in pairs) / len(pairs)))
+    assert sum(b["paired"]["queries"] for b in metrics["by_doc_count"]) == len(pairs)
+    assert next(b for b in metrics["by_doc_count"] if b["bucket"] == "0")["paired"]["queries"] == 0
     assert metrics["by_personalization"]["not_personalized"]["queries"] == 1
     assert metrics["by_personalization"]["personalized"]["queries"] == 4
     assert [(b["bucket"], b["queries"]) for b in metrics["by_doc_count"]] == [("0", 1), ("2", 2), ("3-4", 2)]

@@ -7,7 +7,7 @@ import pytest
 
 from commer import ComMer
 from delta_helpers import rows as table_rows, versions
-from pipelines.runtime import run_cli
+from pipelines.runtime import CliError, run_cli
 from schemas import Profile, arrow_schema, read_parquet, write_parquet
 
 RUNNER = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
@@ -220,7 +220,9 @@ def test_job_flags_keep_their_own_defaults_when_all_jobs_are_loaded():
     flags, options = parse(generate.parser, ["--output=x", "--runner=DirectRunner", "--direct_num_workers=2"])
     assert flags.batch_size == 16 and flags.output == "x"
     assert options.get_all_options()["direct_num_workers"] == 2 and options.get_all_options()["runner"] == "DirectRunner"
-    assert parse(evaluate.parser, ["--output=x", "--batch_size=3"])[0].output == "x"
+    assert parse(evaluate.parser, ["--output=x", "--direct_num_workers=3"])[0].output == "x"
+    with pytest.raises(CliError, match="--batch_size is not a flag of python -m pipelines.evaluate"):
+        parse(evaluate.parser, ["--output=x", "--batch_size=3"])  # generate's flag, not evaluate's: refused
     assert parse(compress_users.parser, [])[0].output is None  # required: no silent default folder
     assert parse(compress_users.parser, ["--batch_size=3"])[0].batch_size == 3
     assert parse(generate.parser, [])[0].output is None

@@ -89,7 +89,31 @@ def test_top_m_at_least_the_document_count_equals_merge_all(stored, tiny_checkpo
     assert retrieved["q4"]["personalized"] is False and retrieved["q4"]["doc_count"] == 0
     # The run summary says how the soft prompts were merged.
     merges = [json.loads((tmp_path / name / "run_summary.json").read_text())["merge"] for name in ("all", "retrieved")]
-    assert merges == [{"merge": "all"}, {"merge": "retrieved", "retrieval": "bm25", "top_m": 50}]
+    assert merges[0] == {"merge": "all"}
+    assert merges[1] == {"merge": "retrieved", "retrieval": "bm25", "top_m": 50, "queries_candidates_without_text": 0,
+                         "queries_some_candidates_without_text": 0, "compressions_without_document": 0,
+                         "documents_without_compression": 0, "stored_compression_duplicates": 0}
+
+
+def test_candidates_without_text_are_counted_and_reported(stored, tiny_checkpoint, commer_cache, tmp_path, capsys):
+    """The README's case: --documents holds one day's text, the compressions every day's. A user none of whose
+    compressions has its text is answered unpersonalized: counted, and the report says why and what to do."""
+    partial = tmp_path / "one_day.jsonl"
+    partial.write_text("".join(json.dumps({"user_id": "user_a", "doc_id": d, "text": DOCUMENTS["user_a"][d]}) + "\n"
+                               for d in ("a1", "a2")))  # user_a: 2 of 4 texts; user_b: none
+    capsys.readouterr()
+    answers = generate(stored, tiny_checkpoint, commer_cache, tmp_path / "p", "--merge=retrieved", "--top_m=4",
+                       f"--document_compressions={stored['compressions']}", f"--documents={partial}")
+    out = capsys.readouterr().out
+    assert answers["q3"]["personalized"] is False and answers["q1"]["personalized"] is True
+    merge = json.loads((tmp_path / "p" / "run_summary.json").read_text())["merge"]
+    assert merge["queries_candidates_without_text"] == 1  # q3 (user_b)
+    assert merge["queries_some_candidates_without_text"] == 2  # q1, q2 (user_a, ranked among a1 and a2)
+    assert merge["compressions_without_document"] == 5
+    line = next(x for x in out.splitlines() if x.startswith("merge=retrieved:"))
+    assert "1 of 4 queries answered WITHOUT personalization" in line and "2 ranked only" in line
+    assert "--retrieval=similarity" in line
+    assert "(2 personalized, 2 not)" in out
 
 
 def test_top_1_bm25_uses_exactly_the_best_documents_compression(stored, tiny, tiny_checkpoint, commer_cache,

@@ -1,12 +1,16 @@
-"""Plots that tell the truth: a trend line only where buckets support one; integer count axes."""
+"""Plots that tell the truth: the profile's effect on the same queries, never across users; axes that fit the
+values; integer count axes."""
 import pytest
 
 from pipelines import plots
 
 
-def bucket(label, lo, n, r1=0.2):
-    return {"bucket": label, "min_docs": lo, "max_docs": lo, "queries": n, "with_reference": n,
-            "rouge1": r1, "rougeL": r1 / 2, "perplexity": {"mean": 50.0}}
+def bucket(label, lo, pairs, without=200.0, with_profile=150.0):
+    paired = {"queries": pairs, "perplexity_without_profile": without if pairs else None,
+              "perplexity_with_profile": with_profile if pairs else None,
+              "ratio": with_profile / without if pairs else None}
+    return {"bucket": label, "min_docs": lo, "max_docs": lo, "queries": max(pairs, 1), "with_reference": max(pairs, 1),
+            "rouge1": 0.2, "rougeL": 0.1, "perplexity": {"geometric_mean": 50.0}, "paired": paired}
 
 
 @pytest.fixture
@@ -16,21 +20,29 @@ def figures(monkeypatch):
     return saved
 
 
-def test_trend_rule():
-    assert plots.shows_trend([bucket("1", 1, 5), bucket("2", 2, 5), bucket("3-4", 3, 9)])
-    assert not plots.shows_trend([bucket("1", 1, 5), bucket("2", 2, 5)])               # two buckets
-    assert not plots.shows_trend([bucket("1", 1, 5), bucket("2", 2, 4), bucket("3", 3, 9)])  # one thin bucket
-
-
-@pytest.mark.parametrize("rows, lines", [([bucket("5-8", 5, 12), bucket("0", 0, 1)], False),
-                                         ([bucket("1", 1, 5), bucket("2", 2, 6), bucket("3-4", 3, 7)], True)])
-def test_quality_plot_draws_a_line_only_for_a_trend(rows, lines, figures):
-    plots.quality_vs_doc_count(rows, "unused.png")
+def test_quality_plot_compares_each_bucket_with_itself(figures):
+    """The issue's case: 'none (n=1)' beside '5-8 (n=12)' read as 'personalization hurts'. Now a bucket without
+    pairs (no profile) is not drawn, each drawn bucket shows the same queries both ways, and no line joins buckets."""
+    plots.quality_vs_doc_count([bucket("0", 0, 0), bucket("5-8", 5, 12, 474.6, 420.0)], "unused.png")
     ax = figures[0].axes[0]
-    styles = {line.get_linestyle() for line in ax.get_lines()}
-    assert styles == ({"-"} if lines else {"None"})
-    labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert all("(n=" in label for label in labels)  # every point says how many queries it stands for
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["5-8\n(n=12)"]
+    heights = sorted(round(p.get_height(), 1) for p in ax.patches)
+    assert heights == [420.0, 474.6]
+    assert not ax.get_lines()  # no trend line across different users' queries
+    assert any(t.get_text() == "×0.88" for t in ax.texts)
+
+
+def test_quality_plot_without_pairs_says_so(figures):
+    plots.quality_vs_doc_count([bucket("0", 0, 0)], "unused.png")
+    assert "no query scored with and without its profile" in figures[0].axes[0].texts[0].get_text()
+
+
+def test_per_user_axis_fits_the_values(figures):
+    """Every per-user ROUGE-L below 0.2 used to sit in the left fifth of a fixed 0-1 axis."""
+    edges = [i / 20 for i in range(21)]
+    counts = [1, 2, 3, 1] + [0] * 16  # values in [0, 0.2)
+    plots.per_user_rouge({"count": 7, "mean": 0.09, "histogram": {"edges": edges, "counts": counts}}, "unused.png")
+    assert figures[0].axes[0].get_xlim() == (0.0, 0.2)
 
 
 def test_count_axes_have_integer_ticks(figures):

@@ -18,6 +18,10 @@ def memory_bucket():
     fs.rm("/present-bucket", recursive=True)
 
 
+def ONLINE(seconds):
+    return None
+
+
 def _one_line(exc) -> str:
     text = str(exc.value)
     assert "\n" not in text
@@ -52,7 +56,7 @@ def test_no_credentials_is_one_line_with_the_fix():
 
     with pytest.raises(CliError) as exc:
         preflight.check_remote_paths([("--input", "gs://bucket/docs/*.jsonl")], credentials=no_credentials,
-                                     exists=pytest.fail)
+                                     exists=pytest.fail, network=ONLINE)
     text = _one_line(exc)
     assert text.startswith("--input gs://bucket/docs/*.jsonl") and "no credentials" in text
     assert "gcloud auth application-default login" in text
@@ -62,11 +66,12 @@ def test_no_credentials_is_one_line_with_the_fix():
                                           (PermissionError("403 Forbidden"), "no access"),
                                           (FileNotFoundError("gone"), "no such bucket")])
 def test_probe_failures_are_classified(error, cause):
-    def exists(scheme, bucket, project):
+    def exists(scheme, bucket, project, credentials):
         raise error
 
     with pytest.raises(CliError) as exc:
-        preflight.check_remote_paths([("--output", "gs://bucket/out")], credentials=lambda p: None, exists=exists)
+        preflight.check_remote_paths([("--output", "gs://bucket/out")], credentials=lambda p: None, exists=exists,
+                                     network=ONLINE)
     assert cause in _one_line(exc) and "--output gs://bucket/out" in str(exc.value)
 
 
@@ -74,7 +79,7 @@ def test_a_probe_that_hangs_times_out():
     import time
     with pytest.raises(CliError, match="no network"):
         preflight.check_remote_paths([("--output", "gs://bucket/out")], credentials=lambda p: None,
-                                     exists=lambda *a: time.sleep(5), seconds=0.2)
+                                     exists=lambda *a: time.sleep(5), network=ONLINE, seconds=0.2)
 
 
 def test_dataflow_without_project_is_refused():
@@ -147,3 +152,46 @@ def test_an_unreadable_profiles_folder_is_one_line(tmp_path, content, tiny_check
     text = capsys.readouterr().err
     err = [line for line in text.splitlines() if line.startswith("error:")]
     assert "Traceback" not in text and len(err) == 1 and err[0].startswith(f"error: --profiles {shard}: cannot be read")
+
+
+def test_no_network_is_named_before_credentials_and_answers_at_once():
+    """Offline, the first probe (Cloud Storage's host) fails: one line saying so, whatever the credentials."""
+    import socket
+    def unresolvable(seconds):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    for network in (unresolvable, lambda s: __import__("time").sleep(5)):
+        with pytest.raises(CliError) as exc:
+            preflight.check_remote_paths([("--checkpoint", "gs://bucket/ckpt")], credentials=pytest.fail,
+                                         exists=pytest.fail, network=network, seconds=0.2)
+        text = _one_line(exc)
+        assert text.startswith("--checkpoint gs://bucket/ckpt: no network") and "--dry_run=True" in text
+
+
+@pytest.mark.parametrize("error, cause", [
+    ("google.auth.exceptions.TransportError", "no network"), ("google.auth.exceptions.RefreshError", "refused")])
+def test_credentials_that_cannot_be_refreshed_offline_or_revoked(error, cause):
+    import importlib
+    module, name = error.rsplit(".", 1)
+    exc_type = getattr(importlib.import_module(module), name)
+
+    def exists(scheme, bucket, project, credentials):
+        raise exc_type("token request failed")
+
+    with pytest.raises(CliError) as exc:
+        preflight.check_remote_paths([("--input", "gs://bucket/x")], credentials=lambda p: object(), exists=exists,
+                                     network=ONLINE)
+    assert cause in _one_line(exc)
+
+
+def test_the_real_probe_offline_is_one_line_within_seconds(monkeypatch, capsys):
+    """This machine has no route to Cloud Storage (no network at test time): the default probes answer in one
+    line, with no library retries or tracebacks printed (they took 56 s and 105 lines before issue 26)."""
+    monkeypatch.setattr(preflight, "STORAGE_HOST", "storage.invalid")  # never resolvable, online or not
+    for proxy in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    with pytest.raises(CliError) as exc:
+        preflight.check_remote_paths([("--input", "gs://bucket/docs/*.jsonl")], seconds=2)
+    assert "no network" in _one_line(exc)
+    captured = capsys.readouterr()
+    assert not captured.err and not captured.out
