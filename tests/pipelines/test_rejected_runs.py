@@ -76,6 +76,5 @@ def test_the_report_lists_the_top_dead_letter_reasons(made, capfd):
 
 def test_the_fraction_flag_is_checked(made, capfd):
     tmp, model = made
-    with pytest.raises(SystemExit):
-        compress_users.main(["--output", str(tmp / "o3"), "--max_dead_letter_fraction", "2", *model])
-    assert "--max_dead_letter_fraction" in capfd.readouterr().err
+    line = cli_error(compress_users, ["--output", str(tmp / "o3"), "--max_dead_letter_fraction", "2", *model], capfd)
+    assert "--max_dead_letter_fraction" in line and "from 0 to 1" in line
