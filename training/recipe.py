@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from commer import ComMer
 from commer.checkpoint import read_config
+from commer.precision import resolve_device, resolve_dtype
 from training import evaluate_controls
 from training.config import ConfigError, TrainConfig
 from training.probes import news_documents, reconstruction_perplexity
@@ -116,14 +117,10 @@ class RecipeConfig(BaseModel):
         return parse_duration(self.time_budget)
 
     def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return resolve_device(self.device)
 
     def resolved_dtype(self) -> str:
-        if self.dtype == "auto":
-            return "bfloat16" if self.resolved_device() == "cuda" else "float32"
-        return self.dtype
+        return resolve_dtype(self.dtype, self.resolved_device())
 
 
 def parse_duration(text: str) -> float:
