@@ -23,6 +23,7 @@ resumes from its last/ folder) and keeps the plan.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from commer.checkpoint import read_config
 from commer.precision import resolve_device, resolve_dtype
 from training import evaluate_controls
 from training.config import ConfigError, TrainConfig
+from training.flags import add_model_flags, given_values
 from training.probes import news_documents, reconstruction_perplexity
 from training.tasks import DataError, load_examples
 from training.tasks.base import split_of
@@ -377,25 +379,15 @@ def _record_recipe(final: Path, record: dict) -> None:
     config_path.write_text(json.dumps(config, indent=2))
 
 
-def build_parser():
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, field in RecipeConfig.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, (list, tuple)):
-            p.add_argument(f"--{name}", nargs="+", default=None, help=f"{field.description} (default: {default})")
-        else:
-            p.add_argument(f"--{name}", default=None, help=f"{field.description} (default: {default})")
-    return p
+def build_parser() -> argparse.ArgumentParser:
+    return add_model_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), RecipeConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
+    given = given_values(args, RecipeConfig)
     try:
         recipe = RecipeConfig.model_validate(given)
         recipe.budget_seconds()
