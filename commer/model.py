@@ -119,8 +119,11 @@ class ComMer(nn.Module):
         self.compression_embeddings = nn.Parameter(self.compression_embeddings.detach()[rows].clone())
         self.config = self.config.model_copy(update={"num_compression_tokens": K})
 
-    def save_pretrained(self, path: str, weights_dtype: str = "float32") -> None:
-        """weights_dtype="bfloat16" halves the files (see commer.checkpoint.save_checkpoint)."""
+    def save_pretrained(self, path: str, weights_dtype: str = "float32", training: dict | None = None) -> None:
+        """weights_dtype="bfloat16" halves the files (see commer.checkpoint.save_checkpoint). `training`:
+        the record of how these weights were trained; given, the checkpoint is marked trained."""
+        if training is not None:
+            self.config = self.config.model_copy(update={"trained": True, "training": training})
         save_checkpoint(self, path, weights_dtype)
 
     def fingerprint(self) -> str:
@@ -307,11 +310,25 @@ class ComMer(nn.Module):
             count.append(len(answer))
         return torch.stack(nll), torch.tensor(count, device=self.device, dtype=torch.float32)
 
+    def documents_nll(self, documents: Sequence[Sequence[str]], instructions: Sequence[str],
+                      answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """answer_nll given each example's documents, end to end through compressor and merge."""
+        return self.answer_nll(self.merge_documents(documents), instructions, answers)
+
     def loss(self, documents: Sequence[Sequence[str]], instructions: Sequence[str],
              answers: Sequence[str]) -> torch.Tensor:
         """Mean cross-entropy per answer token, end to end through compressor and merge."""
-        nll, count = self.answer_nll(self.merge_documents(documents), instructions, answers)
+        nll, count = self.documents_nll(documents, instructions, answers)
         return nll.sum() / count.sum()
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """What training updates, by group (each with its own learning rate): LoRA, compression embeddings."""
+        return {"lora": [p for n, p in self.lm.named_parameters() if "lora_" in n],
+                "compression_embeddings": [self.compression_embeddings]}
+
+    def training_stages(self) -> list[dict]:
+        """The recorded stages that trained these weights so far (empty for a fresh model)."""
+        return list(self.config.training.get("stages", []))
 
     @torch.inference_mode()
     def perplexity(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],

@@ -45,6 +45,7 @@ class PromptTuning(nn.Module):
             rows = torch.randint(0, vocab.shape[0], (num_tokens,))
             self.soft_prompt = nn.Parameter(vocab[rows].detach().float().clone())
         self.seed = seed
+        self.stages: list[dict] = []  # the recorded training stages of a loaded soft prompt
 
     @classmethod
     def from_backbone(cls, backbone: str, num_tokens: int, seed: int = 0, dtype: str = "float32",
@@ -64,6 +65,7 @@ class PromptTuning(nn.Module):
         if meta.get("backbone_hash") and model.base.identity.content_hash != meta["backbone_hash"]:
             raise ValueError(f"{path}: soft prompt was trained on another backbone")
         model.soft_prompt.data.copy_(load_file(str(folder / WEIGHTS_FILE))["soft_prompt"])
+        model.stages = list((meta.get("training") or {}).get("stages", []))
         model.eval()
         return model
 
@@ -85,6 +87,21 @@ class PromptTuning(nn.Module):
     def loss(self, documents, instructions, answers) -> torch.Tensor:
         nll, count = self.answer_nll(documents, instructions, answers)
         return nll.sum() / count.sum()
+
+    # ---- what training asks of a model (training.trainable.Trainable) ----------------------
+
+    def documents_nll(self, documents, instructions, answers):
+        """answer_nll given each example's documents (as text, after the soft prompt)."""
+        return self.answer_nll(documents, instructions, answers)
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        return {"soft_prompt": [self.soft_prompt]}
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self.base.answer_ids(answer)
+
+    def training_stages(self) -> list[dict]:
+        return list(self.stages)
 
     @torch.inference_mode()
     def generate(self, documents, instructions, max_new_tokens: int = 32) -> list[str]:
