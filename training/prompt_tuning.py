@@ -11,6 +11,7 @@ soft_prompt.safetensors. No pickle.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,17 @@ def documents_as_text(documents: Sequence[str], instruction: str) -> str:
     if not documents:
         return instruction
     return "\n".join(documents) + "\n\n" + instruction
+
+
+def folder_fingerprint(path: str) -> str:
+    """sha256 of what a saved soft prompt computes with: backbone hash, limits and the soft prompt itself
+    (not the training record), so a copied or moved folder keeps its fingerprint."""
+    folder = Path(path)
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    digest = hashlib.sha256(json.dumps({k: meta.get(k) for k in ("backbone_hash", "num_tokens", "max_answer_tokens")},
+                                       sort_keys=True).encode())
+    digest.update(load_file(str(folder / WEIGHTS_FILE))["soft_prompt"].float().numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 class PromptTuning(nn.Module):
