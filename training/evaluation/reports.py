@@ -124,6 +124,12 @@ def controls_plots(folder: Path, rows: list[dict], extras: dict, reference: str)
 
     written = []
 
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+
     def err(r):
         lo, hi = r.get("perplexity_ci", (r["perplexity"], r["perplexity"]))
         return [[r["perplexity"] - lo], [hi - r["perplexity"]]]
@@ -163,10 +169,7 @@ def controls_plots(folder: Path, rows: list[dict], extras: dict, reference: str)
         ax.set_ylabel("perplexity (token-level)")
         ax.set_title("ComMer: perplexity vs number of documents (95% CI)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / "perplexity_vs_documents.png", dpi=120)
-        plt.close(fig)
-        written.append("perplexity_vs_documents.png")
+        save(fig, "perplexity_vs_documents.png")
 
     probe = extras.get("probe")
     if probe:
@@ -186,10 +189,7 @@ def controls_plots(folder: Path, rows: list[dict], extras: dict, reference: str)
         ax.set_ylabel("reconstruction perplexity of one document")
         ax.set_title("Knowledge probe: reading one document back out of a merge")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / "reconstruction_vs_merged.png", dpi=120)
-        plt.close(fig)
-        written.append("reconstruction_vs_merged.png")
+        save(fig, "reconstruction_vs_merged.png")
 
     bars = [r for r in rows if r["label"] in ("none", "prompt tuning (no documents)", "ComMer other 4", reference)]
     if bars:
@@ -210,10 +210,7 @@ def controls_plots(folder: Path, rows: list[dict], extras: dict, reference: str)
         ax.set_ylim(max(0.0, low - 0.5 * (high - low) - 1e-3), high + 0.25 * (high - low) + 1e-3)
         ax.set_ylabel("perplexity (token-level, 95% CI)")
         ax.set_title("Own vs another author's documents vs none")
-        fig.tight_layout()
-        fig.savefig(folder / "own_other_none.png", dpi=120)
-        plt.close(fig)
-        written.append("own_other_none.png")
+        save(fig, "own_other_none.png")
     return written
 
 
