@@ -4,6 +4,10 @@ The package ships a trained checkpoint in commer/checkpoints/default/. If that f
 absent (a development tree before training), a seeded untrained checkpoint on the default
 backbone is created once in the cache and used instead; its config says trained=false, and
 every job that uses it says so.
+
+Beside it, commer/checkpoints/task_prompt/: the task prompt (prompt tuning without documents,
+commer.task_prompt) trained on the same task for as many steps as the checkpoint's task stage --
+the comparison every profile must beat, and the soft prompt a user without a profile gets.
 """
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from commer.backbone import cache_dir, publish_atomically
 from commer.checkpoint import CONFIG_FILE
 from commer.config import ComMerConfig
 from commer.model import ComMer
+from commer.task_prompt import TaskPrompt, TaskPromptError, load_task_prompt
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
+BUNDLED_TASK_PROMPT = Path(__file__).parent / "checkpoints" / "task_prompt"
 UNTRAINED_SEED = 0
 
 
@@ -32,3 +38,16 @@ def untrained_checkpoint(cache: str | None = None, seed: int = UNTRAINED_SEED) -
         model = ComMer.from_backbone("default", ComMerConfig(seed=seed), cache=cache)
         publish_atomically(target, lambda tmp: model.save_pretrained(str(tmp)), CONFIG_FILE)
     return target
+
+
+def default_task_prompt() -> TaskPrompt:
+    """The bundled task prompt with its backbone identity (for jobs that check it against a model)."""
+    if not (BUNDLED_TASK_PROMPT / "prompt_tuning.json").exists():
+        raise TaskPromptError(f"{BUNDLED_TASK_PROMPT}: no task prompt is bundled in this tree")
+    return load_task_prompt(BUNDLED_TASK_PROMPT)
+
+
+def task_prompt():
+    """The bundled task prompt's (K, d) soft prompt: usable wherever a profile's soft prompt is, with
+    the default checkpoint's backbone -- e.g. `model.generate([task_prompt()], [instruction])`."""
+    return default_task_prompt().soft_prompt

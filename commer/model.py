@@ -290,27 +290,34 @@ class ComMer(nn.Module):
         merged = mean_pool(self.compress_token_ids(self.tokenize_documents(flat)[0]), group, len(documents))
         return [merged[i] if len(docs) else None for i, docs in enumerate(documents)]
 
-    def answer_nll(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
-                   answers: Sequence[str], max_prompt_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example summed negative log-likelihood of the answer tokens, and their count.
-
-        Only answer tokens are scored (the paper's loss). Logits are computed only at the
-        positions that predict them, not over the whole sequence.
-        """
+    def answer_logits(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
+                      answers: Sequence[str], max_prompt_tokens: int | None = None
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per example: float32 logits at the positions that predict the answer tokens, (A, V), and
+        those tokens, (A,). Only those positions go through the LM head, not the whole sequence."""
         answer_rows = [self.answer_ids(a) for a in answers]  # A_b answer tokens (end-of-answer included)
         token_rows = [self.prompt_ids(x, max_prompt_tokens) + a for x, a in zip(instructions, answer_rows)]
         embeds, mask, positions = self._generator_batch(soft_prompts, token_rows)  # (B, T, d), (B, T), (B, T)
         with self.lm.disable_adapter():
             hidden = self.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
         width = hidden.shape[1]  # hidden: (B, T, d)
-        nll, count = [], []
+        out = []
         for row, answer in enumerate(answer_rows):
             # Rows are left-padded, so every answer ends at the last position.
             predictors = hidden[row, width - len(answer) - 1: width - 1]  # (A_b, d): position t predicts t + 1
-            logits = self.lm_head(predictors).float()  # (A_b, V)
-            target = torch.as_tensor(answer, device=self.device)  # (A_b,)
-            nll.append(F.cross_entropy(logits, target, reduction="sum"))
-            count.append(len(answer))
+            out.append((self.lm_head(predictors).float(),  # (A_b, V)
+                        torch.as_tensor(answer, device=self.device)))  # (A_b,)
+        return out
+
+    def answer_nll(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
+                   answers: Sequence[str], max_prompt_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example summed negative log-likelihood of the answer tokens, and their count.
+
+        Only answer tokens are scored (the paper's loss).
+        """
+        rows = self.answer_logits(soft_prompts, instructions, answers, max_prompt_tokens)
+        nll = [F.cross_entropy(logits, target, reduction="sum") for logits, target in rows]
+        count = [len(target) for _, target in rows]
         return torch.stack(nll), torch.tensor(count, device=self.device, dtype=torch.float32)  # (B,), (B,)
 
     def documents_nll(self, documents: Sequence[Sequence[str]], instructions: Sequence[str],

@@ -52,6 +52,26 @@ class TrainConfig(BaseModel):
     autoencoding_ratio: float = Field(0.0, ge=0.0, description=(
         "Auto-encoding examples added per task training example (0: none). Validation stays on the task."))
 
+    # ---- objectives that make the profile carry the user (issue 23; training/objectives.py) ----
+    distill_teacher: Optional[str] = Field(None, description=(
+        "Distillation teacher: a prompt-tuning folder (its soft prompt + the documents as text) or 'text' "
+        "(the frozen backbone with the documents as text). Scored once per task example into distill_cache."))
+    distill_cache: Optional[str] = Field(None, description=(
+        "Teacher cache folder (top-k answer log-probs per example; training/distillation.py); default "
+        "output_dir/teacher. Shared by runs with the same teacher, k and temperature; extended as needed."))
+    distill_weight: float = Field(0.0, ge=0.0, description="α: weight of T²·KL(teacher ‖ student) per answer "
+                                                           "token, added to the cross-entropy (0: off).")
+    distill_temperature: float = Field(1.0, gt=0.0, description="T: temperature of both distributions in the KL.")
+    distill_top_k: int = Field(64, ge=1, description="Teacher log-probs kept per answer token (plus the rest's mass).")
+    contrast_weight: float = Field(0.0, ge=0.0, description=(
+        "β: weight of the user-contrast hinge max(0, m − (NLL_other − NLL_own)) per answer token, NLL_other "
+        "with another training author's BM25 top-n documents for the same query (news; 0: off)."))
+    contrast_margin: float = Field(0.1, ge=0.0, description="m: nats per answer token by which the own "
+                                                            "documents should fit better than another author's.")
+    autocast: Literal["none", "bfloat16"] = Field("none", description=(
+        "Training forward/backward under torch.autocast in bfloat16 (weights and optimizer stay float32); "
+        "validation stays in the backbone's dtype."))
+
     # ---- model ----------------------------------------------------------------------
     init_checkpoint: Optional[str] = Field(None, description="Start from this ComMer checkpoint (e.g. fine-tune "
                                                              "after pretraining); model fields below are then ignored.")
@@ -123,6 +143,17 @@ class TrainConfig(BaseModel):
         if self.grow_compression_tokens and (not self.init_checkpoint or self.method != "commer"):
             raise ValueError("grow_compression_tokens needs method=commer and an init_checkpoint to grow "
                              "(for a fresh model set num_compression_tokens)")
+        return self
+
+    @model_validator(mode="after")
+    def _objectives(self) -> "TrainConfig":
+        # Both terms act through the compressions: nothing to distil into or contrast for prompt tuning.
+        if (self.distill_weight or self.contrast_weight) and self.method != "commer":
+            raise ValueError("distill_weight and contrast_weight are for method=commer")
+        if self.distill_weight and not self.distill_teacher:
+            raise ValueError("distill_weight > 0 needs distill_teacher (a prompt-tuning folder or 'text')")
+        if self.contrast_weight and self.task != "news":
+            raise ValueError("contrast_weight needs task=news (other authors' documents by the control's rule)")
         return self
 
     # ---- I/O ---------------------------------------------------------------------------

@@ -6,24 +6,21 @@ A trainable soft prompt of P embeddings is put before the documents (as plain te
 instruction; the backbone is frozen. It reuses ComMer's generator path (`answer_nll`,
 `generate`) with the adapter off, so both methods are scored by the same code.
 
-Saved as a folder: prompt_tuning.json (backbone reference/hash, P, token limits) and
-soft_prompt.safetensors. No pickle.
+Saved as a folder in commer.task_prompt's format: prompt_tuning.json (backbone reference/hash, P,
+token limits) and soft_prompt.safetensors. No pickle. One trained without documents is a task
+prompt: `commer.task_prompt.load_task_prompt` reads it for the jobs.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from commer import ComMer, ComMerConfig
-
-CONFIG_FILE = "prompt_tuning.json"
-WEIGHTS_FILE = "soft_prompt.safetensors"
+from commer.task_prompt import load_task_prompt, save_task_prompt
 # Documents as text need room: the generator prompt holds them all.
 MAX_PROMPT_TOKENS = 2048
 
@@ -37,11 +34,11 @@ def documents_as_text(documents: Sequence[str], instruction: str) -> str:
 def folder_fingerprint(path: str) -> str:
     """sha256 of what a saved soft prompt computes with: backbone hash, limits and the soft prompt itself
     (not the training record), so a copied or moved folder keeps its fingerprint."""
-    folder = Path(path)
-    meta = json.loads((folder / CONFIG_FILE).read_text())
-    digest = hashlib.sha256(json.dumps({k: meta.get(k) for k in ("backbone_hash", "num_tokens", "max_answer_tokens")},
-                                       sort_keys=True).encode())
-    digest.update(load_file(str(folder / WEIGHTS_FILE))["soft_prompt"].float().numpy().tobytes())
+    saved = load_task_prompt(path)
+    what = {"backbone_hash": saved.backbone_hash, "num_tokens": saved.meta.get("num_tokens"),
+            "max_answer_tokens": saved.meta.get("max_answer_tokens")}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
+    digest.update(saved.soft_prompt.numpy().tobytes())
     return digest.hexdigest()[:32]
 
 
@@ -70,27 +67,20 @@ class PromptTuning(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: str = "float32", cache: str | None = None) -> "PromptTuning":
-        folder = Path(path)
-        meta = json.loads((folder / CONFIG_FILE).read_text())
-        model = cls.from_backbone(meta["backbone"], meta["num_tokens"], meta.get("seed", 0), dtype, cache,
-                                  meta.get("max_answer_tokens", 64))
-        if meta.get("backbone_hash") and model.base.identity.content_hash != meta["backbone_hash"]:
+        saved = load_task_prompt(path)
+        model = cls.from_backbone(saved.backbone, saved.soft_prompt.shape[0], saved.meta.get("seed", 0), dtype, cache,
+                                  saved.meta.get("max_answer_tokens", 64))
+        if saved.backbone_hash and model.base.identity.content_hash != saved.backbone_hash:
             raise ValueError(f"{path}: soft prompt was trained on another backbone")
-        model.soft_prompt.data.copy_(load_file(str(folder / WEIGHTS_FILE))["soft_prompt"])
-        model.stages = list((meta.get("training") or {}).get("stages", []))
+        model.soft_prompt.data.copy_(saved.soft_prompt)
+        model.stages = list((saved.meta.get("training") or {}).get("stages", []))
         model.eval()
         return model
 
     def save_pretrained(self, path: str, training: dict | None = None) -> None:
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({"soft_prompt": self.soft_prompt.detach().float().cpu().contiguous()}, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps({
-            "method": "prompt_tuning", "backbone": self.base.config.backbone,
-            "backbone_hash": self.base.identity.content_hash, "num_tokens": self.soft_prompt.shape[0],
-            "seed": self.seed, "max_answer_tokens": self.base.config.max_answer_tokens,
-            "training": training or {},
-        }, indent=2))
+        save_task_prompt(path, self.soft_prompt, self.base.config.backbone, self.base.identity.content_hash,
+                         seed=self.seed, max_answer_tokens=self.base.config.max_answer_tokens,
+                         training=training or {})
 
     def answer_nll(self, documents, instructions, answers):
         prompts = [documents_as_text(d, x) for d, x in zip(documents, instructions)]

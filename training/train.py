@@ -31,6 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from commer import BackboneError, CheckpointError, ComMer, ComMerConfig
 from training.config import ConfigError, TrainConfig
+from training.distillation import prepare_cache
+from training.objectives import Objective
 from training.prompt_tuning import PromptTuning
 from training.tasks import DataError, Example, load_examples
 from training.trainable import Trainable
@@ -99,6 +101,19 @@ def autoencoding_examples(config: TrainConfig, num_task_examples: int) -> list[E
         raise DataError(f"{config.autoencoding_data}: no auto-encoding examples to mix in")
     log.info("mixing %d auto-encoding examples into %d %s examples", len(examples), num_task_examples, config.task)
     return examples
+
+
+def build_objective(config: TrainConfig, task_examples: list[Example], out: Path):
+    """The step's loss for ComMer (cross-entropy plus the configured terms; the teacher scored once,
+    cached on disk), or None for prompt tuning (plain cross-entropy, `example_nll`)."""
+    if config.method != "commer":
+        return None
+    teacher = None
+    if config.distill_weight:
+        teacher = prepare_cache(config.distill_cache or out / "teacher", config.distill_teacher, task_examples,
+                                config.distill_top_k, config.distill_temperature, config.backbone,
+                                config.cache_dir, config.device, config.micro_batch_size)
+    return Objective(config.distill_weight, teacher, config.contrast_weight, config.contrast_margin)
 
 
 @torch.no_grad()
@@ -198,6 +213,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     val_examples = load_examples(config, "val", config.val_examples)
     if not train_examples:
         raise DataError(f"{config.data}: no training examples for task {config.task!r}")
+    objective = build_objective(config, train_examples, out)
     train_examples += autoencoding_examples(config, len(train_examples))
     if not val_examples:
         raise DataError(f"{config.data}: no validation examples for task {config.task!r}")
@@ -235,15 +251,22 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         t0 = time.time()
         batch = [train_examples[i] for i in order(step)]
         optimizer.zero_grad(set_to_none=True)
-        batch_loss = 0.0
+        batch_loss, parts = 0.0, {}
         total_tokens = sum(len(_answer_tokens(model, e.answer)) for e in batch)
         for k in range(accumulation):
             micro = batch[k * config.micro_batch_size: (k + 1) * config.micro_batch_size]
-            nll, _ = example_nll(model, micro)
-            # Token-weighted over the whole effective batch, as if it ran in one piece.
-            loss = nll.sum() / total_tokens
+            with torch.autocast(config.device, dtype=torch.bfloat16, enabled=config.autocast == "bfloat16"):
+                if objective is None:
+                    nll, _ = example_nll(model, micro)
+                    # Token-weighted over the whole effective batch, as if it ran in one piece.
+                    loss, micro_parts = nll.sum() / total_tokens, {}
+                else:
+                    loss, micro_parts = objective(model, micro, total_tokens)
             loss.backward()
             batch_loss += float(loss.detach())
+            for name, value in micro_parts.items():
+                if value is not None:
+                    parts.setdefault(name, []).append(value)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -255,6 +278,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         bar.set_postfix(loss=f"{batch_loss:.3f}", ex_s=f"{rate:.2f}")
         record = {"step": step, "loss": batch_loss, "lr": scheduler.get_last_lr(), "examples_per_s": rate,
                   "elapsed_s": round(meta["elapsed_s"], 1)}
+        # The loss's terms per answer token of the batch (gap: mean nats per token own beat other by).
+        record.update({name: (sum(v) / len(v) if name == "gap" else sum(v) / total_tokens)
+                       for name, v in parts.items()})
 
         if step % config.eval_every == 0 or step == total_steps:
             val = validation_perplexity(model, val_examples, config.micro_batch_size * 2)

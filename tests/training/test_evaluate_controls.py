@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from training.evaluation import controls
-from training.evaluation import examples as news_examples
 from training.evaluation.statistics import fit_power_law, token_perplexity
 from training.probes import reconstruction_examples, reconstruction_perplexity
 from training.tasks import news
@@ -178,10 +177,10 @@ def test_other_author_documents_come_from_another_test_author(tmp_path):
     data = tmp_path / "news.jsonl"
     authors = write_huffpost(data)
     examples = news.load(str(data), "test", 4)
-    articles = news_examples.test_articles(str(data))
+    articles = news.authors_of(str(data), "test")
     assert sorted(articles) == sorted(authors)
-    other = news_examples.other_author_examples(examples, articles, 4, seed=0)
-    again = news_examples.other_author_examples(examples, articles, 4, seed=0)
+    other = news.other_author_examples(examples, articles, 4, seed=0)
+    again = news.other_author_examples(examples, articles, 4, seed=0)
     assert [e.documents for e in other] == [e.documents for e in again]
     for own, swapped in zip(examples, other):
         who = swapped.meta["other_author"]

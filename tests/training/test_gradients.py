@@ -59,10 +59,11 @@ def test_both_kinds_answer_one_interface_and_the_loop_never_asks_which(tiny_mode
         [("lora", 1e-3), ("compression_embeddings", 1e-2)]
     assert [(g["name"], g["lr"], len(g["params"])) for g in param_groups(prompt_tuning, config)] == \
         [("soft_prompt", 3e-2, 1)]
-    # Only build_model chooses the kind (from the config); nothing else in train.py tests it.
+    # Only the builders (build_model, build_objective) choose by the configured method; nothing else
+    # in train.py tests which kind of model it holds.
     tree = ast.parse(inspect.getsource(train_mod))
-    builder = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "build_model")
-    inside = {id(n) for n in ast.walk(builder)}
+    inside = {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("build_")
+              for n in ast.walk(f)}
     for node in ast.walk(tree):
         if id(node) in inside:
             continue

@@ -9,7 +9,6 @@ import torch
 from commer import ComMer
 from commer.retrieval import top_m_by_bm25, top_m_by_similarity
 from training.evaluation import controls as controls_evaluation
-from training.evaluation import examples as news_examples
 from training.evaluate_task import score_examples
 from training.evaluation.retrieved_rows import AuthorPools, article_id
 from training.tasks import DataError, news
@@ -32,7 +31,7 @@ def controls(tiny_checkpoint, commer_cache, tmp_path_factory):
     model = ComMer.from_pretrained(tiny_checkpoint, cache=commer_cache)
     examples = news.load(str(data), "test", 4, max_examples=10)
     return {"result": result, "rows": {r["label"]: r for r in result["rows"]}, "model": model,
-            "examples": examples, "articles": news_examples.test_articles(str(data)), "out": root / "out"}
+            "examples": examples, "articles": news.authors_of(str(data), "test"), "out": root / "out"}
 
 
 def others(articles, example):

@@ -1,7 +1,7 @@
 """The evaluations behind docs/evaluation/: one module per experiment, on shared parts.
 
     statistics.py      token-level perplexity, paired bootstrap intervals, Figure 4's power-law fit
-    examples.py        the test authors' articles, the "other author" control, a planned row
+    rows.py            a planned row (label, group, method, n, examples)
     row_cache.py       scored rows kept for --resume, keyed by the weights' fingerprint
     reports.py         rows.jsonl, the markdown tables and the plots
     cli.py             the shared command-line entry (one-line errors) and progress lines

@@ -5,9 +5,10 @@
                /work/shared/data/huffpost/news_category_v2_extra.jsonl \
         --checkpoint commer/checkpoints/default --max_examples 400 --output eval/controls
 
-News headline task, test authors. Every row scores the SAME examples: documents are retrieved
-once at the largest n (BM25 over the author's other articles, best first, cut to the first n
-per row) and the 2,900-character filter is applied at that largest n.
+News headline task, test authors (`--split val`: validation authors, for choosing between
+settings). Every row scores the SAME examples: documents are retrieved once at the largest n
+(BM25 over the author's other articles, best first, cut to the first n per row) and the
+2,900-character filter is applied at that largest n.
 
 Rows
     none                 instruction only, frozen backbone
@@ -50,7 +51,7 @@ from commer.defaults import default_checkpoint
 from commer.metrics import rouge
 from training.evaluate_task import score_examples
 from training.evaluation.cli import evaluation_cli, progress
-from training.evaluation.examples import PlannedRow, other_author_examples, test_articles
+from training.evaluation.rows import PlannedRow
 from training.evaluation.reports import ROUGE_NOTE, controls_plots, controls_table, write_rows
 from training.evaluation.retrieved_rows import RULES, AuthorPools, RetrievedScorer, plan_rows, pool_summary
 from training.evaluation.row_cache import RowCache, folder_fingerprint
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_n4", default=None, help="Figure 6: ComMer trained with 4 documents.")
     p.add_argument("--documents", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="ComMer own n.")
     p.add_argument("--other_documents", type=int, default=4)
-    p.add_argument("--concat_documents", type=int, default=4)
+    p.add_argument("--concat_documents", type=int, default=4, help="Concatenated compressions row (0: skip).")
     p.add_argument("--text_documents", nargs="*", type=int, default=[1, 4, 8])
     p.add_argument("--prompt_tuning_documents", nargs="*", type=int, default=[1, 4])
     p.add_argument("--retrieved_top_m", nargs="*", type=int, default=[],
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example_documents", type=int, default=None,
                    help="Build and length-filter the examples at this n even if no row uses that many documents, "
                         "so rows can be added or left out later (--resume) on the same examples.")
+    p.add_argument("--split", default="test", choices=["val", "test"],
+                   help="Authors to evaluate on: test (reported figures) or val (choosing between settings, "
+                        "so the test authors are never tuned on); the other-author control and the probe "
+                        "use the same split.")
     p.add_argument("--max_examples", type=int, default=400)
     p.add_argument("--max_examples_per_user", type=int, default=None)
     p.add_argument("--probe_examples", type=int, default=64, help="Target documents of the reconstruction probe (0: skip).")
@@ -181,9 +186,10 @@ def plan(args, examples: list[Example], articles: dict[str, list[dict]], skipped
         skipped.append("prompt tuning rows (no --prompt_tuning checkpoint given)")
     rows += [PlannedRow(f"ComMer own {n}", "own", "commer", n, examples) for n in args.documents]
     rows.append(PlannedRow(f"ComMer other {args.other_documents}", "other", "commer", args.other_documents,
-                           other_author_examples(examples, articles, args.other_documents, args.seed)))
-    rows.append(PlannedRow(f"ComMer concat {args.concat_documents}", "concat", "commer_concat",
-                           args.concat_documents, examples))
+                           news.other_author_examples(examples, articles, args.other_documents, args.seed)))
+    if args.concat_documents:
+        rows.append(PlannedRow(f"ComMer concat {args.concat_documents}", "concat", "commer_concat",
+                               args.concat_documents, examples))
     rows += plan_rows(args, examples)
     if not args.retrieved_top_m:
         skipped.append("query-time merge rows (no --retrieved_top_m given)")
@@ -247,14 +253,14 @@ def figure6(args, rows: list[dict], examples: list[Example], fingerprint: str, c
 
 def run(args) -> dict:
     largest = check_args(args)
-    examples = news.load(args.data, "test", largest, seed=args.seed, max_examples=args.max_examples,
+    examples = news.load(args.data, args.split, largest, seed=args.seed, max_examples=args.max_examples,
                          max_examples_per_user=args.max_examples_per_user)
     if not examples:
-        raise DataError(f"{args.data}: no test examples for the news task")
+        raise DataError(f"{args.data}: no {args.split} examples for the news task")
     if len(examples) < args.max_examples:
         log.warning("only %d examples survive the 2,900-character filter at n=%d (asked for %d)",
                     len(examples), largest, args.max_examples)
-    articles = test_articles(args.data)
+    articles = news.authors_of(args.data, args.split)
     checkpoint = args.checkpoint or default_checkpoint(args.cache_dir)
     model = ComMer.from_pretrained(checkpoint, cache=args.cache_dir).to(args.device)
     skipped: list[str] = []
@@ -282,7 +288,7 @@ def run(args) -> dict:
         extras["fit"] = {"n": [r["num_documents"] for r in own],
                          **fit_power_law([r["num_documents"] for r in own], [r["perplexity"] for r in own])}
     if args.probe_examples:
-        docs = news_documents(args.data, "test", seed=args.seed)
+        docs = news_documents(args.data, args.split, seed=args.seed)
         print(f"[probe] reconstruction, m = {args.probe_merged}", file=sys.stderr, flush=True)
         extras["probe"] = [reconstruction_perplexity(model, docs, m, args.probe_examples, args.seed, args.batch_size,
                                                      reference=(j == 0))
@@ -297,7 +303,8 @@ def run(args) -> dict:
     header = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python -m training.evaluate_controls " + " ".join(shlex.quote(a) for a in args.argv),
               "checkpoint": checkpoint, "trained": bool(model.config.trained), "fingerprint": model.config.fingerprint,
-              "examples": len(examples), "authors": len({e.user_id for e in examples}), "largest_n": largest,
+              "split": args.split, "examples": len(examples), "authors": len({e.user_id for e in examples}),
+              "largest_n": largest,
               "resamples": args.resamples, "seed": args.seed, "no_generate": args.no_generate, "skipped": skipped}
     write_rows(folder / "rows.jsonl", {**header, "rouge": ROUGE_NOTE if any("rougeL" in r for r in rows) else None},
                rows, extras)

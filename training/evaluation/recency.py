@@ -47,7 +47,6 @@ from commer import ComMer
 from commer.defaults import default_checkpoint
 from commer.recency import effective_created_at, recency_merge_all
 from training.evaluation.cli import evaluation_cli
-from training.evaluation.examples import test_articles
 from training.evaluation.reports import recency_table, write_rows
 from training.evaluation.statistics import author_bootstrap, token_perplexity
 from training.tasks import DataError, Example
@@ -125,7 +124,7 @@ def split_by_date(author: str, articles: list[dict], queries_per_author: int, pr
 def select_authors(data, queries_per_author: int, profile_documents: int, min_profile_documents: int,
                    max_authors: int, seed: int) -> tuple[list[AuthorSplit], dict]:
     """Date splits of the test authors that qualify; a seeded sample of max_authors if more do."""
-    articles = test_articles(data)
+    articles = news.authors_of(data, "test")
     splits = [s for a in sorted(articles) if (s := split_by_date(a, articles[a], queries_per_author,
                                                                  profile_documents, min_profile_documents))]
     counts = {"test_authors": len(articles), "qualifying_authors": len(splits),

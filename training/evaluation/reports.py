@@ -47,10 +47,10 @@ def with_interval(row: dict, key: str, digits: int) -> str:
 def controls_table(path: Path, rows: list[dict], extras: dict, header: dict, reference: str) -> str:
     """table.md of the evaluation with controls: the rows, then the notes, fits, probe and Figure 6."""
     generated = any("rougeL" in r for r in rows)
-    lines = [f"### Evaluation with controls — news headlines, test authors ({header['date']})", "",
+    lines = [f"### Evaluation with controls — news headlines, {header['split']} authors ({header['date']})", "",
              f"`{header['command']}`", "",
              f"Checkpoint `{header['checkpoint']}` (trained={header['trained']}, fingerprint "
-             f"`{header['fingerprint'][:12]}`), {header['examples']} examples from {header['authors']} test authors, "
+             f"`{header['fingerprint'][:12]}`), {header['examples']} examples from {header['authors']} {header['split']} authors, "
              f"the same examples in every row (retrieved and length-filtered at n={header['largest_n']}). "
              f"Perplexity is token-level over answer tokens; intervals are paired bootstrap 95% "
              f"({header['resamples']} resamples of examples, seed {header['seed']}); Δ is the row minus "
@@ -94,7 +94,7 @@ def controls_table(path: Path, rows: list[dict], extras: dict, header: dict, ref
     probe = extras.get("probe")
     if probe:
         lines += ["", f"**Reconstruction probe** (stands in for PerLTQA, Figure 5): perplexity of reading one "
-                      f"held-out HuffPost short description (≤150 chars, test authors, {probe[0]['examples']} targets, "
+                      f"held-out HuffPost short description (≤150 chars, {header['split']} authors, {probe[0]['examples']} targets, "
                       f"the same at every m) back out of the mean of m compressions, format of the pretraining task.", "",
                   "| Merged documents m | " + " | ".join(str(p["num_merged"]) for p in probe) + " | no soft prompt |",
                   "|---|" + "---|" * (len(probe) + 1),

@@ -29,7 +29,7 @@ import torch
 
 from commer.retrieval import order_by_doc_id, retrieved_soft_prompt, top_m_by_bm25, top_m_by_similarity
 from training.evaluate_task import prompt_tokens, score_batch, score_examples
-from training.evaluation.examples import PlannedRow
+from training.evaluation.rows import PlannedRow
 from training.tasks import DataError, Example
 from training.tasks import news
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from commer.checkpoint import read_config
+from commer.task_prompt import CONFIG_FILE as TASK_PROMPT_CONFIG
 from training import prompt_tuning
 from training.evaluation.reports import public
 
@@ -24,7 +25,7 @@ from training.evaluation.reports import public
 def folder_fingerprint(path: str) -> str:
     """The fingerprint of a ComMer checkpoint or a prompt-tuning folder, read without loading a model;
     the resolved folder for an old checkpoint that recorded none."""
-    if (Path(path) / prompt_tuning.CONFIG_FILE).exists():
+    if (Path(path) / TASK_PROMPT_CONFIG).exists():
         return prompt_tuning.folder_fingerprint(path)
     return read_config(path).fingerprint or str(Path(path).resolve())
 

@@ -14,8 +14,13 @@ def load_examples(config, split: str, limit: int | None = None) -> list[Example]
         examples = pretraining.load(config.data, split, config.num_documents, config.seed,
                                     val_data=config.val_data or None, passes=config.pretrain_passes)
     elif config.task == "news":
-        return news.load(config.data, split, config.num_documents, seed=config.seed, max_examples=limit,
-                         max_examples_per_user=config.max_examples_per_user)
+        examples = news.load(config.data, split, config.num_documents, seed=config.seed, max_examples=limit,
+                             max_examples_per_user=config.max_examples_per_user)
+        if getattr(config, "contrast_weight", 0) and split == "train":
+            # The user-contrast term scores each query with another training author's documents too.
+            examples = news.with_other_author(examples, news.authors_of(config.data, split),
+                                              config.num_documents, config.seed)
+        return examples
     elif config.task in ("lamp4", "lamp7"):
         examples = lamp.load_split(config.task, config, split)
     elif config.task == "perltqa":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -99,3 +100,42 @@ def top_documents(description: str, articles: list[dict], n: int) -> list[str]:
     corpus = [f"{a['headline']} {a['short_description']}" for a in articles]
     return [format_document(articles[j]["headline"], articles[j]["short_description"])
             for j in bm25_top(description, corpus, n)]
+
+
+def authors_of(data: str | Path | Sequence[str | Path], split: str) -> dict[str, list[dict]]:
+    """The articles of the `split` authors, by author."""
+    return {a: rows for a, rows in read_articles(data).items() if split_of(a, FRACTIONS) == split}
+
+
+def other_author(example: Example, articles: dict[str, list[dict]], n: int, seed: int = 0) -> tuple[str, list[str]]:
+    """The personalization control's rule: ANOTHER author of `articles` (a seeded choice per example
+    among those with at least n articles, never the example's own) and that author's BM25 top-n
+    articles for the same query. Evaluation uses it as its control row; training (the user-contrast
+    term) as the documents that should fit the query worse than the author's own."""
+    choices = sorted(a for a, rows in articles.items() if len(rows) >= n and a != example.user_id)
+    if not choices:
+        raise DataError("the 'other author' rule needs a second author with enough articles")
+    other = random.Random(f"{seed}:{example.example_id}").choice(choices)
+    description = example.meta.get("description") or example.instruction
+    return other, top_documents(description, articles[other], n)
+
+
+def other_author_examples(examples: list[Example], articles: dict[str, list[dict]], n: int,
+                          seed: int = 0) -> list[Example]:
+    """The same examples with their documents replaced by another author's (`other_author`)."""
+    out = []
+    for e in examples:
+        author, documents = other_author(e, articles, n, seed)
+        out.append(replace(e, documents=documents, meta={**e.meta, "other_author": author}))
+    return out
+
+
+def with_other_author(examples: list[Example], articles: dict[str, list[dict]], n: int,
+                      seed: int = 0) -> list[Example]:
+    """The same examples, keeping their own documents, with another author's in
+    meta["other_documents"] (`other_author`)."""
+    out = []
+    for e in examples:
+        author, documents = other_author(e, articles, n, seed)
+        out.append(replace(e, meta={**e.meta, "other_author": author, "other_documents": documents}))
+    return out
