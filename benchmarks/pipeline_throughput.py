@@ -38,7 +38,7 @@ from benchmarks.compression_forward import (compress_seconds, length_sorted_batc
 from commer import ComMer
 from commer.defaults import default_checkpoint
 from commer.packing import padding_efficiency, plan_batches
-from commer.precision import resolve_dtype
+from commer.precision import resolve_device, resolve_dtype
 
 # A budget no batch reaches: with --batch_size N the job then cuts count batches, as before issue 12.
 UNLIMITED_TOKENS = 10 ** 9
@@ -96,8 +96,7 @@ def main(argv=None) -> str:
     parser.add_argument("--output", default=None, help="Also write the table (markdown, with its heading line) here.")
     args = parser.parse_args(argv)
     modes = parse_modes(f"count:{args.batch_size}" if args.batch_size else args.modes)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(resolve_device(args.device))
     dtype = resolve_dtype(args.dtype, device)
     common = ["--device", device.type, "--dtype", dtype] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
 

@@ -119,8 +119,11 @@ class ComMer(nn.Module):
         self.compression_embeddings = nn.Parameter(self.compression_embeddings.detach()[rows].clone())
         self.config = self.config.model_copy(update={"num_compression_tokens": K})
 
-    def save_pretrained(self, path: str, weights_dtype: str = "float32") -> None:
-        """weights_dtype="bfloat16" halves the files (see commer.checkpoint.save_checkpoint)."""
+    def save_pretrained(self, path: str, weights_dtype: str = "float32", training: dict | None = None) -> None:
+        """weights_dtype="bfloat16" halves the files (see commer.checkpoint.save_checkpoint). `training`:
+        the record of how these weights were trained; given, the checkpoint is marked trained."""
+        if training is not None:
+            self.config = self.config.model_copy(update={"trained": True, "training": training})
         save_checkpoint(self, path, weights_dtype)
 
     def fingerprint(self) -> str:
@@ -172,22 +175,23 @@ class ComMer(nn.Module):
         sees a pad: a document gets the same compression in any batch as alone, and no
         attention mask is needed (which keeps SDPA on its fast causal path).
         """
+        # B documents, L_b tokens each; T = max L_b + K positions per row; d = hidden size.
         K = self.K
-        lengths = torch.tensor([len(x) for x in batch], device=self.device)
-        width = int(lengths.max()) + K
-        ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, device=self.device)
+        lengths = torch.tensor([len(x) for x in batch], device=self.device)  # (B,) L_b
+        width = int(lengths.max()) + K  # T
+        ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, device=self.device)  # (B, T)
         for row, tokens in enumerate(batch):
             ids[row, : len(tokens)] = torch.as_tensor(list(tokens), dtype=torch.long)
 
-        slot = torch.arange(width, device=self.device)[None, :] - lengths[:, None]
-        is_slot = (slot >= 0) & (slot < K)
-        embeds = self.embed(ids)
-        compression = self.compression_embeddings.to(embeds.dtype)[slot.clamp(0, K - 1)]
-        embeds = torch.where(is_slot[..., None], compression, embeds)
+        slot = torch.arange(width, device=self.device)[None, :] - lengths[:, None]  # (B, T) position - L_b
+        is_slot = (slot >= 0) & (slot < K)  # (B, T) true at the K positions after the document
+        embeds = self.embed(ids)  # (B, T, d)
+        compression = self.compression_embeddings.to(embeds.dtype)[slot.clamp(0, K - 1)]  # (B, T, d)
+        embeds = torch.where(is_slot[..., None], compression, embeds)  # (B, T, d): [doc, K slots, pad]
 
-        hidden = self.body(inputs_embeds=embeds, use_cache=False).last_hidden_state
-        at_slots = (lengths[:, None] + torch.arange(K, device=self.device)[None, :])
-        out = hidden.gather(1, at_slots[..., None].expand(-1, -1, hidden.shape[-1]))
+        hidden = self.body(inputs_embeds=embeds, use_cache=False).last_hidden_state  # (B, T, d)
+        at_slots = (lengths[:, None] + torch.arange(K, device=self.device)[None, :])  # (B, K) slot positions
+        out = hidden.gather(1, at_slots[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, K, d)
         return out.float()
 
     def compress_packed(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -255,22 +259,24 @@ class ComMer(nn.Module):
         much padding its batch needed. A missing soft prompt (a user with no documents)
         simply contributes no positions. BOS, for backbones that expect one, opens the row.
         """
+        # Row b: S_b soft-prompt rows (K for a mean, n·K for a concatenation, 0 without one),
+        # N_b tokens, 1 BOS or none; R_b = S_b + N_b (+ 1); T = max R_b; d = hidden size.
         rows = []
         for soft, tokens in zip(soft_prompts, token_rows):
-            token_embeds = self.embed(torch.as_tensor(tokens, dtype=torch.long, device=self.device))
+            token_embeds = self.embed(torch.as_tensor(tokens, dtype=torch.long, device=self.device))  # (N_b, d)
             if soft is not None:
-                soft = torch.as_tensor(soft, device=self.device).to(token_embeds.dtype)
-                token_embeds = torch.cat([soft, token_embeds], dim=0)
+                soft = torch.as_tensor(soft, device=self.device).to(token_embeds.dtype)  # (S_b, d)
+                token_embeds = torch.cat([soft, token_embeds], dim=0)  # (S_b + N_b, d)
             if self.bos_id is not None:
-                bos = self.embed(torch.tensor([self.bos_id], device=self.device))
-                token_embeds = torch.cat([bos, token_embeds], dim=0)
+                bos = self.embed(torch.tensor([self.bos_id], device=self.device))  # (1, d)
+                token_embeds = torch.cat([bos, token_embeds], dim=0)  # (R_b, d)
             rows.append(token_embeds)
-        width = max(r.shape[0] for r in rows)
-        embeds = torch.stack([F.pad(r, (0, 0, width - r.shape[0], 0)) for r in rows])
+        width = max(r.shape[0] for r in rows)  # T
+        embeds = torch.stack([F.pad(r, (0, 0, width - r.shape[0], 0)) for r in rows])  # (B, T, d), padded left
         mask = torch.stack([
             torch.arange(width, device=self.device) >= width - r.shape[0] for r in rows
-        ]).long()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ]).long()  # (B, T): 0 on the padding, 1 from the row's first real position
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0, 1, ... from the first real position
         return embeds, mask, positions
 
     # ---- training loss and perplexity ---------------------------------------------------
@@ -287,19 +293,20 @@ class ComMer(nn.Module):
     def answer_logits(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
                       answers: Sequence[str], max_prompt_tokens: int | None = None
                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per example: float32 logits at the positions that predict the answer tokens, (T, V), and
-        those tokens, (T,). Only those positions go through the LM head, not the whole sequence."""
-        answer_rows = [self.answer_ids(a) for a in answers]
+        """Per example: float32 logits at the positions that predict the answer tokens, (A, V), and
+        those tokens, (A,). Only those positions go through the LM head, not the whole sequence."""
+        answer_rows = [self.answer_ids(a) for a in answers]  # A_b answer tokens (end-of-answer included)
         token_rows = [self.prompt_ids(x, max_prompt_tokens) + a for x, a in zip(instructions, answer_rows)]
-        embeds, mask, positions = self._generator_batch(soft_prompts, token_rows)
+        embeds, mask, positions = self._generator_batch(soft_prompts, token_rows)  # (B, T, d), (B, T), (B, T)
         with self.lm.disable_adapter():
             hidden = self.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-        width = hidden.shape[1]
+        width = hidden.shape[1]  # hidden: (B, T, d)
         out = []
         for row, answer in enumerate(answer_rows):
             # Rows are left-padded, so every answer ends at the last position.
-            predictors = hidden[row, width - len(answer) - 1: width - 1]
-            out.append((self.lm_head(predictors).float(), torch.as_tensor(answer, device=self.device)))
+            predictors = hidden[row, width - len(answer) - 1: width - 1]  # (A_b, d): position t predicts t + 1
+            out.append((self.lm_head(predictors).float(),  # (A_b, V)
+                        torch.as_tensor(answer, device=self.device)))  # (A_b,)
         return out
 
     def answer_nll(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
@@ -311,13 +318,27 @@ class ComMer(nn.Module):
         rows = self.answer_logits(soft_prompts, instructions, answers, max_prompt_tokens)
         nll = [F.cross_entropy(logits, target, reduction="sum") for logits, target in rows]
         count = [len(target) for _, target in rows]
-        return torch.stack(nll), torch.tensor(count, device=self.device, dtype=torch.float32)
+        return torch.stack(nll), torch.tensor(count, device=self.device, dtype=torch.float32)  # (B,), (B,)
+
+    def documents_nll(self, documents: Sequence[Sequence[str]], instructions: Sequence[str],
+                      answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """answer_nll given each example's documents, end to end through compressor and merge."""
+        return self.answer_nll(self.merge_documents(documents), instructions, answers)
 
     def loss(self, documents: Sequence[Sequence[str]], instructions: Sequence[str],
              answers: Sequence[str]) -> torch.Tensor:
         """Mean cross-entropy per answer token, end to end through compressor and merge."""
-        nll, count = self.answer_nll(self.merge_documents(documents), instructions, answers)
+        nll, count = self.documents_nll(documents, instructions, answers)
         return nll.sum() / count.sum()
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """What training updates, by group (each with its own learning rate): LoRA, compression embeddings."""
+        return {"lora": [p for n, p in self.lm.named_parameters() if "lora_" in n],
+                "compression_embeddings": [self.compression_embeddings]}
+
+    def training_stages(self) -> list[dict]:
+        """The recorded stages that trained these weights so far (empty for a fresh model)."""
+        return list(self.config.training.get("stages", []))
 
     @torch.inference_mode()
     def perplexity(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],

@@ -1,16 +1,27 @@
-"""Which floating-point type the backbone runs in, by device.
+"""Which device and floating-point type the backbone runs in: the one "auto" rule.
 
-bfloat16 on CUDA (tensor cores: several times the float32 matmul rate, half the memory);
-float32 everywhere else: on the development CPU bfloat16 measured 0.61× the float32 speed
-(benchmarks/RESULTS.md), and float32 is the reference the compressions are checked against.
-An explicit dtype (a flag) always wins. The compressions' deviation from float32 is measured
-by `python -m benchmarks.compression_forward --dtypes float32,bfloat16`.
+Every entry point (the Beam jobs on their workers, the training recipe, the benchmarks) resolves
+`auto` here, so the rule changes in one place. The device first: CUDA when this process has it.
+Then the type, by device: bfloat16 on CUDA (tensor cores: several times the float32 matmul rate,
+half the memory); float32 everywhere else: on the development CPU bfloat16 measured 0.61× the
+float32 speed (benchmarks/RESULTS.md), and float32 is the reference the compressions are checked
+against. An explicit device or dtype (a flag) always wins. The compressions' deviation from
+float32 is measured by `python -m benchmarks.compression_forward --dtypes float32,bfloat16`.
 """
 from __future__ import annotations
 
 import torch
 
 DTYPE_NAMES = ("float32", "bfloat16")
+AUTO = (None, "", "auto")
+
+
+def resolve_device(device: str | None) -> str:
+    """An explicit device as given; for None / 'auto', 'cuda' when this process has a CUDA device,
+    else 'cpu' (decided where the model runs: a Dataflow launcher has no GPU, its workers may)."""
+    if device in AUTO:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def default_dtype(device: torch.device | str) -> str:
@@ -20,8 +31,14 @@ def default_dtype(device: torch.device | str) -> str:
 
 def resolve_dtype(dtype: str | None, device: torch.device | str) -> str:
     """An explicit dtype name as given (checked), or the device's default for None / 'auto'."""
-    if dtype in (None, "", "auto"):
+    if dtype in AUTO:
         return default_dtype(device)
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {DTYPE_NAMES} or 'auto'")
     return dtype
+
+
+def resolve(device: str | None, dtype: str | None) -> tuple[str, str]:
+    """(device, dtype) with 'auto' resolved for this process: the device, then its dtype."""
+    device = resolve_device(device)
+    return device, resolve_dtype(dtype, device)

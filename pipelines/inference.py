@@ -23,7 +23,7 @@ from commer import ComMer
 from commer.backbone import resolve_backbone
 from commer.checkpoint import read_config
 from commer.model import tokenize_documents
-from commer.precision import resolve_dtype
+from commer.precision import resolve, resolve_device
 from commer.prompting import fit_documents
 from pipelines import faults, progress
 from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
@@ -39,17 +39,10 @@ _MODELS_LOCK = threading.Lock()
 _TOKENIZERS: dict[tuple, object] = {}
 
 
-def resolve_device(device: str) -> str:
-    """--device as this worker runs it: 'auto' is 'cuda' when the worker has a CUDA device, else 'cpu'."""
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def resolve_on_worker(dtype: str, device: str) -> tuple[str, str]:
-    """(dtype, device) with 'auto' resolved for the worker this runs on (see the module docstring)."""
-    device = resolve_device(device)
-    return resolve_dtype(dtype, device), device
+    """(dtype, device) with 'auto' resolved for the worker this runs on (commer.precision's rule)."""
+    device, dtype = resolve(device, dtype)
+    return dtype, device
 
 
 def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str, cache: str | None):

@@ -34,5 +34,10 @@ def test_every_parser_names_its_module(where, call):
     assert isinstance(prog, ast.Constant) and prog.value.startswith("python -m "), f"{where}:{call.lineno}"
     module = prog.value.removeprefix("python -m ")
     assert (ROOT / (module.replace(".", "/") + ".py")).exists()
-    if where not in ("training/config.py",):  # TrainConfig's parser is training.train's
+    # TrainConfig's parser is training.train's; the evaluations run as their entry points (docs quote them)
+    entry_points = {"training/config.py": "training.train", "training/evaluation/controls.py":
+                    "training.evaluate_controls", "training/evaluation/recency.py": "training.evaluate_recency"}
+    if where in entry_points:
+        assert module == entry_points[where], f"{where}: prog {prog.value}"
+    else:
         assert module == where.removesuffix(".py").replace("/", "."), f"{where}: prog {prog.value}"

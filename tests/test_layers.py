@@ -126,3 +126,57 @@ def test_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+# ---- the house rules of issue 25 --------------------------------------------------------
+
+TRAINING_MAX_LINES = 400
+
+
+def test_training_modules_stay_small():
+    """No file in training/ over ~400 lines: an experiment, a statistic, a report each in its own module."""
+    long = {p.relative_to(ROOT).as_posix(): n for p in sorted((ROOT / "training").rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > TRAINING_MAX_LINES}
+    assert not long, f"training/ files over {TRAINING_MAX_LINES} lines: {long}"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def project_files() -> list[Path]:
+    return sorted(p for top in (*PACKAGES, "tests", "tools") for p in (ROOT / top).rglob("*.py"))
+
+
+TEST_MODULES = {p.stem for p in (ROOT / "tests").rglob("*.py")}
+
+
+def private_imports(path: Path) -> list[str]:
+    """`from project.module import _name`, and `module._name` on a project module imported here."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found, aliases = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if _project(node.module) or node.module.split(".")[0] in TEST_MODULES:
+                found += [f"from {node.module} import {a.name}" for a in node.names if _private(a.name)]
+                aliases |= {a.asname or a.name for a in node.names if f"{node.module}.{a.name}" in MODULES}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname for a in node.names if a.asname and _project(a.name)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A leading underscore means "this module's own": another module (a test included) uses public names."""
+    found = {p.relative_to(ROOT).as_posix(): names for p in project_files() if (names := private_imports(p))}
+    assert not found, f"private names used across modules: {found}"
+
+
+def test_the_private_import_rule_can_fail(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from training.evaluation import controls\nfrom commer.checkpoint import _trainable_parameters\n"
+                      "x = controls._hidden\n")
+    assert private_imports(sample) == ["from commer.checkpoint import _trainable_parameters", "controls._hidden"]

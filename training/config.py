@@ -12,6 +12,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from training.flags import add_model_flags, given_values
+
 
 class ConfigError(ValueError):
     """A bad config file or override; the message names the file/field and the problem."""
@@ -173,10 +175,7 @@ class TrainConfig(BaseModel):
         """--config FILE, then generated --field value flags, then --set field=value (YAML-parsed)."""
         args = build_parser(cls).parse_args(argv)
         values = _read_mapping(args.config) if args.config else {}
-        for name in cls.model_fields:
-            given = getattr(args, name, None)
-            if given is not None:
-                values[name] = given
+        values.update(given_values(args, cls))
         for item in args.set or []:
             if "=" not in item:
                 raise ConfigError(f"--set {item!r}: expected field=value")
@@ -196,34 +195,7 @@ def build_parser(cls=TrainConfig) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML or JSON file with TrainConfig fields.")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
                         help="Override any field (value parsed as YAML, e.g. lora_target_modules=[q_proj,v_proj]).")
-    for name, field in cls.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, list):
-            parser.add_argument(f"--{name}", nargs="+", default=None, help=field.description)
-        elif isinstance(default, bool):
-            parser.add_argument(f"--{name}", type=_parse_bool, default=None, help=field.description)
-        else:
-            parser.add_argument(f"--{name}", type=_yaml_scalar, default=None,
-                                help=f"{field.description} (default: {default})")
-    return parser
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _yaml_scalar(text: str):
-    import yaml
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    # Paths and names stay strings even when YAML would read them otherwise.
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
+    return add_model_flags(parser, cls)
 
 
 def _read_mapping(path: str) -> dict:

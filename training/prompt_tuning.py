@@ -12,6 +12,8 @@ prompt: `commer.task_prompt.load_task_prompt` reads it for the jobs.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Sequence
 
 import torch
@@ -29,6 +31,17 @@ def documents_as_text(documents: Sequence[str], instruction: str) -> str:
     return "\n".join(documents) + "\n\n" + instruction
 
 
+def folder_fingerprint(path: str) -> str:
+    """sha256 of what a saved soft prompt computes with: backbone hash, limits and the soft prompt itself
+    (not the training record), so a copied or moved folder keeps its fingerprint."""
+    saved = load_task_prompt(path)
+    what = {"backbone_hash": saved.backbone_hash, "num_tokens": saved.meta.get("num_tokens"),
+            "max_answer_tokens": saved.meta.get("max_answer_tokens")}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
+    digest.update(saved.soft_prompt.numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
 class PromptTuning(nn.Module):
     def __init__(self, base: ComMer, num_tokens: int, seed: int = 0):
         super().__init__()
@@ -41,6 +54,7 @@ class PromptTuning(nn.Module):
             rows = torch.randint(0, vocab.shape[0], (num_tokens,))
             self.soft_prompt = nn.Parameter(vocab[rows].detach().float().clone())
         self.seed = seed
+        self.stages: list[dict] = []  # the recorded training stages of a loaded soft prompt
 
     @classmethod
     def from_backbone(cls, backbone: str, num_tokens: int, seed: int = 0, dtype: str = "float32",
@@ -59,6 +73,7 @@ class PromptTuning(nn.Module):
         if saved.backbone_hash and model.base.identity.content_hash != saved.backbone_hash:
             raise ValueError(f"{path}: soft prompt was trained on another backbone")
         model.soft_prompt.data.copy_(saved.soft_prompt)
+        model.stages = list((saved.meta.get("training") or {}).get("stages", []))
         model.eval()
         return model
 
@@ -74,6 +89,21 @@ class PromptTuning(nn.Module):
     def loss(self, documents, instructions, answers) -> torch.Tensor:
         nll, count = self.answer_nll(documents, instructions, answers)
         return nll.sum() / count.sum()
+
+    # ---- what training asks of a model (training.trainable.Trainable) ----------------------
+
+    def documents_nll(self, documents, instructions, answers):
+        """answer_nll given each example's documents (as text, after the soft prompt)."""
+        return self.answer_nll(documents, instructions, answers)
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        return {"soft_prompt": [self.soft_prompt]}
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self.base.answer_ids(answer)
+
+    def training_stages(self) -> list[dict]:
+        return list(self.stages)
 
     @torch.inference_mode()
     def generate(self, documents, instructions, max_new_tokens: int = 32) -> list[str]:

@@ -13,7 +13,7 @@ news-headline task (training authors, BM25 top-n of their other articles) with a
 examples still mixed in: news alone took held-out reconstruction from 10 back to 48 (the
 compressor became a task-prompt generator). The baseline stage trains prompt tuning without
 documents for as many news steps, so the evaluation's task-only row had the same training.
-Then both are evaluated (training.evaluate_controls).
+Then both are evaluated (training.evaluation.controls, the evaluation with controls).
 
 The budget is split between the stages by `stage_shares`; each stage's step count comes from
 seconds per optimizer step measured at the start (a few calibration steps on this hardware),
@@ -23,6 +23,7 @@ resumes from its last/ folder) and keeps the plan.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -40,9 +41,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from commer import ComMer
-from commer.checkpoint import read_config
-from training import evaluate_controls
+from commer.checkpoint import CheckpointError, read_config
+from commer.precision import resolve_device, resolve_dtype
 from training.config import ConfigError, TrainConfig
+from training.curves import combined_metrics, plot_validation
+from training.evaluation import controls
+from training.flags import add_model_flags, given_values
 from training.probes import news_documents, reconstruction_perplexity
 from training.tasks import DataError, load_examples
 from training.tasks.base import split_of
@@ -116,14 +120,10 @@ class RecipeConfig(BaseModel):
         return parse_duration(self.time_budget)
 
     def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return resolve_device(self.device)
 
     def resolved_dtype(self) -> str:
-        if self.dtype == "auto":
-            return "bfloat16" if self.resolved_device() == "cuda" else "float32"
-        return self.dtype
+        return resolve_dtype(self.dtype, self.resolved_device())
 
 
 def parse_duration(text: str) -> float:
@@ -278,46 +278,6 @@ def hardware() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def combined_metrics(out: Path) -> Path:
-    """metrics.jsonl of the stages (and the baseline), each record tagged with its stage."""
-    target = out / "metrics.jsonl"
-    with target.open("w") as f:
-        for stage in ("stage1", "stage2", "baseline"):
-            source = out / stage / "metrics.jsonl"
-            if source.exists():
-                for line in source.read_text().splitlines():
-                    f.write(json.dumps({"stage": stage, **json.loads(line)}) + "\n")
-    return target
-
-
-def plot_validation(metrics: Path, target: Path) -> None:
-    """Validation perplexity against steps, one panel per stage (stage 1 = reconstruction); the
-    baseline (prompt tuning, no documents) shares stage 2's panel: same validation examples."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    titles = {"stage1": "stage 1: single-document reconstruction", "stage2": "stage 2: news headlines"}
-    labels = {"stage1": "ComMer", "stage2": "ComMer (own documents)", "baseline": "prompt tuning, no documents"}
-    for ax, stages in zip(axes, (("stage1",), ("stage2", "baseline"))):
-        for stage in stages:
-            points = [(r["step"], r["val_ppl"]) for r in rows if r["stage"] == stage and "val_ppl" in r]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=labels[stage])
-                ax.set_yscale("log")
-        if len(stages) > 1:
-            ax.legend()
-        ax.set_title(titles[stages[0]])
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("validation perplexity (log)")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-
-
 def run(recipe: RecipeConfig) -> dict:
     started = time.time()
     out = Path(recipe.output_dir)
@@ -352,11 +312,12 @@ def run(recipe: RecipeConfig) -> dict:
                  record["reconstruction_probe_stage1"], record["reconstruction_probe"])
     (out / "recipe_summary.json").write_text(json.dumps(record, indent=2, default=str))
     if recipe.eval_examples:
-        baseline = ["--prompt_tuning_nodocs", str(out / "baseline" / "final")] if recipe.baseline else []
-        evaluate_controls.main([
-            "--data", *recipe.news_data, "--checkpoint", str(final), "--output", str(out / "evaluation"), *baseline,
-            "--max_examples", str(recipe.eval_examples), "--device", recipe.resolved_device(),
-            "--num_threads", str(recipe.num_threads), "--seed", str(recipe.seed), "--resume"])
+        result = controls.evaluate(
+            data=recipe.news_data, checkpoint=str(final), output=str(out / "evaluation"),
+            prompt_tuning_nodocs=str(out / "baseline" / "final") if recipe.baseline else None,
+            max_examples=recipe.eval_examples, device=recipe.resolved_device(), num_threads=recipe.num_threads,
+            seed=recipe.seed, resume=True)
+        print(result["table"])
     return record
 
 
@@ -380,25 +341,16 @@ def _record_recipe(final: Path, record: dict) -> None:
     config_path.write_text(json.dumps(config, indent=2))
 
 
-def build_parser():
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m training.recipe", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, field in RecipeConfig.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, (list, tuple)):
-            p.add_argument(f"--{name}", nargs="+", default=None, help=f"{field.description} (default: {default})")
-        else:
-            p.add_argument(f"--{name}", default=None, help=f"{field.description} (default: {default})")
-    return p
+def build_parser() -> argparse.ArgumentParser:
+    return add_model_flags(argparse.ArgumentParser(prog="python -m training.recipe",
+                                                   description=__doc__.split("\n")[0]), RecipeConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
+    given = given_values(args, RecipeConfig)
     try:
         recipe = RecipeConfig.model_validate(given)
         recipe.budget_seconds()
@@ -409,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + "; ".join(f"--{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
               file=sys.stderr)
         return 2
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"final": str(Path(recipe.output_dir) / "final"), "wall_time_s": summary["wall_time_s"],

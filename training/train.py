@@ -30,12 +30,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from commer import BackboneError, CheckpointError, ComMer, ComMerConfig
-from commer.checkpoint import read_config
 from training.config import ConfigError, TrainConfig
 from training.distillation import prepare_cache
 from training.objectives import Objective
 from training.prompt_tuning import PromptTuning
 from training.tasks import DataError, Example, load_examples
+from training.trainable import Trainable
 
 log = logging.getLogger("training")
 
@@ -69,25 +69,23 @@ def build_model(config: TrainConfig, resume_from: Path | None = None):
     ), dtype=config.dtype, cache=config.cache_dir)
 
 
-def param_groups(model, config: TrainConfig) -> list[dict]:
-    if config.method == "prompt_tuning":
-        return [{"params": [model.soft_prompt], "lr": config.lr_prompt, "name": "soft_prompt"}]
-    lora = [p for n, p in model.lm.named_parameters() if "lora_" in n]
-    for p in lora:
-        p.requires_grad_(True)
-    model.compression_embeddings.requires_grad_(True)
-    return [{"params": lora, "lr": config.lr_lora, "name": "lora"},
-            {"params": [model.compression_embeddings], "lr": config.lr_embeddings, "name": "compression_embeddings"}]
+# The TrainConfig field holding each group's peak learning rate (Trainable.trainable_parameters' names).
+LEARNING_RATES = {"lora": "lr_lora", "compression_embeddings": "lr_embeddings", "soft_prompt": "lr_prompt"}
 
 
-def example_nll(model, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example summed answer NLL and token counts, for either method."""
-    docs = [e.documents for e in examples]
-    ins = [e.instruction for e in examples]
-    ans = [e.answer for e in examples]
-    if hasattr(model, "soft_prompt"):
-        return model.answer_nll(docs, ins, ans)
-    return model.answer_nll(model.merge_documents(docs), ins, ans)
+def param_groups(model: Trainable, config: TrainConfig) -> list[dict]:
+    groups = []
+    for name, params in model.trainable_parameters().items():
+        for p in params:
+            p.requires_grad_(True)
+        groups.append({"params": params, "lr": getattr(config, LEARNING_RATES[name]), "name": name})
+    return groups
+
+
+def example_nll(model: Trainable, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed answer NLL and token counts, for either kind of model."""
+    return model.documents_nll([e.documents for e in examples], [e.instruction for e in examples],
+                               [e.answer for e in examples])
 
 
 def autoencoding_examples(config: TrainConfig, num_task_examples: int) -> list[Example]:
@@ -132,13 +130,8 @@ def validation_perplexity(model, examples: list[Example], batch_size: int) -> fl
     return math.exp(total / max(count, 1.0))
 
 
-def save_model(model, path: Path, record: dict | None = None) -> None:
-    if hasattr(model, "soft_prompt"):
-        model.save_pretrained(str(path), training=record)
-        return
-    if record is not None:
-        model.config = model.config.model_copy(update={"trained": True, "training": record})
-    model.save_pretrained(str(path))
+def save_model(model: Trainable, path: Path, record: dict | None = None) -> None:
+    model.save_pretrained(str(path), training=record)
 
 
 # ---- resumable state -------------------------------------------------------------------
@@ -326,9 +319,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
 
 
 def training_record(config: TrainConfig, model, meta: dict, n_train: int, n_val: int, total_steps: int) -> dict:
-    previous = []
-    if config.init_checkpoint and config.method == "commer":
-        previous = list(read_config(config.init_checkpoint).training.get("stages", []))
+    previous = model.training_stages() if config.init_checkpoint else []
     stage = {
         "task": config.task, "method": config.method, "data": list(config.data), "val_data": list(config.val_data),
         "num_documents": config.num_documents, "train_examples": n_train, "val_examples": n_val,
@@ -343,9 +334,8 @@ def training_record(config: TrainConfig, model, meta: dict, n_train: int, n_val:
     return {"stages": previous + [stage]}
 
 
-def _answer_tokens(model, answer: str) -> list[int]:
-    base = model.base if hasattr(model, "soft_prompt") else model
-    return base.answer_ids(answer)
+def _answer_tokens(model: Trainable, answer: str) -> list[int]:
+    return model.answer_ids(answer)
 
 
 def _save_last(model, last: Path, optimizer, scheduler, meta: dict) -> None:

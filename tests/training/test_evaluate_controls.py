@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from training import evaluate_controls
+from training.evaluation import controls
+from training.evaluation.statistics import fit_power_law, token_perplexity
 from training.probes import reconstruction_examples, reconstruction_perplexity
 from training.tasks import news
 from training.tasks.base import split_of
@@ -59,13 +60,13 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
     data = tmp_path / "news.jsonl"
     write_huffpost(data)
     out = tmp_path / "controls"
-    args = evaluate_controls.build_parser().parse_args([
+    args = controls.build_parser().parse_args([
         "--data", str(data), "--checkpoint", tiny_checkpoint, "--cache_dir", commer_cache,
         "--prompt_tuning", prompt_tuning_folder, "--checkpoint_n1", tiny_checkpoint, "--checkpoint_n4", tiny_checkpoint,
         "--max_examples", "20", "--max_new_tokens", "3", "--probe_examples", "6", "--resamples", "200",
         "--output", str(out)])
     args.argv = ["(test)"]
-    result = evaluate_controls.run(args)
+    result = controls.run(args)
 
     labels = [r["label"] for r in result["rows"]]
     assert labels == ["none", "prompt tuning (no documents)", "ComMer own 1", "ComMer own 2", "ComMer own 4",
@@ -85,7 +86,7 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
         for key in ("perplexity", "delta_perplexity", "rouge1", "rougeL", "delta_rougeL"):
             lo, hi = r[f"{key}_ci"]
             assert lo - 1e-9 <= r[key] <= hi + 1e-9, (r["label"], key)
-    ref = rows[evaluate_controls.REFERENCE]
+    ref = rows[controls.REFERENCE]
     assert ref["delta_perplexity"] == 0 and ref["delta_perplexity_ci"] == [0.0, 0.0]
     lo, hi = ref["own_other_perplexity_ratio_ci"]
     assert lo <= ref["own_other_perplexity_ratio"] <= hi
@@ -107,39 +108,49 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
 
     # --resume reuses the saved rows (same numbers, nothing rescored) when the settings match.
     args.resume, args.probe_examples, args.checkpoint_n1 = True, 0, None
-    again = evaluate_controls.run(args)
+    again = controls.run(args)
     assert [(r["label"], r["perplexity"], r["seconds"], r["rougeL"]) for r in again["rows"]] == \
         [(r["label"], r["perplexity"], r["seconds"], r["rougeL"]) for r in result["rows"]]
     assert again["rows"][4]["delta_perplexity_ci"] == [0.0, 0.0]
 
-    # A new prompt-tuning folder re-scores only the rows that use it; Figure 6 rows are cached
-    # too, and the run's own checkpoint reuses its "ComMer own m" rows.
+    # Rows are keyed by the weights' fingerprint, not their folder: a copied prompt-tuning folder
+    # keeps its rows. A new prompt-tuning folder re-scores only the rows that use it; Figure 6
+    # rows are cached too, and the run's own checkpoint reuses its "ComMer own m" rows.
     scored = []
-    real_score_row = evaluate_controls.score_row
-    monkeypatch.setattr(evaluate_controls, "score_row", lambda label, *a, **k: scored.append(label) or
+    real_score_row = controls.score_row
+    monkeypatch.setattr(controls, "score_row", lambda label, *a, **k: scored.append(label) or
                         real_score_row(label, *a, **k))
     moved = tmp_path / "pt_copy"
     shutil.copytree(prompt_tuning_folder, moved)
     args.prompt_tuning, args.checkpoint_n1 = str(moved), tiny_checkpoint
-    third = evaluate_controls.run(args)
+    assert controls.run(args)["extras"]["figure6"] == fig6 and scored == []
+    from training.prompt_tuning import PromptTuning
+    retrained = PromptTuning.from_pretrained(prompt_tuning_folder, cache=commer_cache)
+    with torch.no_grad():
+        retrained.soft_prompt.add_(0.01)
+    retrained.save_pretrained(str(tmp_path / "pt_new"))
+    args.prompt_tuning = str(tmp_path / "pt_new")
+    third = controls.run(args)
     assert scored == ["prompt tuning (no documents)", "prompt tuning text 1", "prompt tuning text 4"]
     assert third["extras"]["figure6"] == fig6
+    args.prompt_tuning = str(moved)  # the first run's soft prompt again (a label keeps its latest row)
+    controls.run(args)
 
     # ROUGE for some rows only: rows saved with ROUGE still serve rows that do not need it...
     scored.clear()
     args.rouge_documents = [0, 4]
-    assert [evaluate_controls.decodes(args, n) for n in (0, 1, 4, 16)] == [True, False, True, False]
-    assert not evaluate_controls.decodes(args, 0, "merge_all")
-    evaluate_controls.run(args)
+    assert [controls.decodes(args, n) for n in (0, 1, 4, 16)] == [True, False, True, False]
+    assert not controls.decodes(args, 0, "merge_all")
+    controls.run(args)
     assert scored == []
     # ...and rows saved without ROUGE are decoded again where it is asked for, and only there.
     args.output, args.no_generate, args.checkpoint_n1 = str(tmp_path / "partly"), True, None
     args.documents, args.text_documents, args.prompt_tuning_documents = [1, 4], [1], []
     args.example_documents = 16  # the first run's examples (built at n = 16), with fewer rows
-    evaluate_controls.run(args)
+    controls.run(args)
     scored.clear()
     args.no_generate = False
-    fifth = evaluate_controls.run(args)
+    fifth = controls.run(args)
     assert scored == ["none", "prompt tuning (no documents)", "ComMer own 4", "ComMer other 4", "ComMer concat 4"]
     assert all(("rougeL" in r) == (r["num_documents"] in (0, 4)) for r in fifth["rows"])
     assert fifth["header"]["largest_n"] == 16
@@ -157,7 +168,7 @@ def test_controls_end_to_end(tiny_checkpoint, commer_cache, prompt_tuning_folder
     changed.save_pretrained(str(tmp_path / "changed"))
     scored.clear()
     args.checkpoint = str(tmp_path / "changed")
-    sixth = evaluate_controls.run(args)
+    sixth = controls.run(args)
     assert scored == ["ComMer own 1", "ComMer own 4", "ComMer other 4", "ComMer concat 4"]
     assert [r["perplexity"] for r in sixth["rows"][:2]] == [r["perplexity"] for r in fifth["rows"][:2]]
 
@@ -166,10 +177,10 @@ def test_other_author_documents_come_from_another_test_author(tmp_path):
     data = tmp_path / "news.jsonl"
     authors = write_huffpost(data)
     examples = news.load(str(data), "test", 4)
-    articles = evaluate_controls.test_articles(str(data))
+    articles = news.authors_of(str(data), "test")
     assert sorted(articles) == sorted(authors)
-    other = evaluate_controls.other_author_examples(examples, articles, 4, seed=0)
-    again = evaluate_controls.other_author_examples(examples, articles, 4, seed=0)
+    other = news.other_author_examples(examples, articles, 4, seed=0)
+    again = news.other_author_examples(examples, articles, 4, seed=0)
     assert [e.documents for e in other] == [e.documents for e in again]
     for own, swapped in zip(examples, other):
         who = swapped.meta["other_author"]
@@ -181,14 +192,14 @@ def test_other_author_documents_come_from_another_test_author(tmp_path):
 
 def test_bootstrap_statistic_is_token_level():
     nll, tokens = np.array([2.0, 10.0]), np.array([1.0, 4.0])
-    assert evaluate_controls.token_perplexity(nll, tokens) == pytest.approx(np.exp(12 / 5))
+    assert token_perplexity(nll, tokens) == pytest.approx(np.exp(12 / 5))
     idx = np.array([[0, 0], [1, 1]])
-    assert evaluate_controls.token_perplexity(nll, tokens, idx) == pytest.approx([np.exp(2.0), np.exp(2.5)])
+    assert token_perplexity(nll, tokens, idx) == pytest.approx([np.exp(2.0), np.exp(2.5)])
 
 
 def test_power_law_fit_recovers_exponent():
     ns = [1, 2, 4, 8, 16]
-    fit = evaluate_controls.fit_power_law(ns, [3.0 * n ** -0.2 for n in ns])
+    fit = fit_power_law(ns, [3.0 * n ** -0.2 for n in ns])
     assert fit["loglog"]["b"] == pytest.approx(-0.2) and fit["loglog"]["r2"] == pytest.approx(1.0)
 
 
@@ -214,3 +225,17 @@ def test_probe_documents_are_test_authors_short_descriptions(tmp_path):
     assert len(docs) == 3 * len(TOPICS) and docs == news_documents(str(data))
     assert all(d.split(" on ")[0] in authors and len(d) <= 150 for d in docs)
     assert news_documents(str(data), limit=5) == docs[:5]
+
+
+def test_evaluate_by_function_is_the_command_line(monkeypatch):
+    """The recipe calls controls.evaluate(...): the same settings, and the table's command line, as the flags."""
+    seen = []
+    monkeypatch.setattr(controls, "run", lambda args: seen.append(args) or {"table": ""})
+    controls.evaluate(data=["a.jsonl", "b.jsonl"], checkpoint="ck", output="out", prompt_tuning_nodocs=None,
+                      max_examples=40, num_threads=0, resume=True, no_generate=False)
+    argv = ["--data", "a.jsonl", "b.jsonl", "--checkpoint", "ck", "--output", "out", "--max_examples", "40",
+            "--num_threads", "0", "--resume"]
+    assert seen[0].argv == argv
+    expected = controls.build_parser().parse_args(argv)
+    expected.argv = argv
+    assert vars(seen[0]) == vars(expected)

@@ -8,8 +8,8 @@ import pytest
 
 from commer import ComMer
 from commer.merge import merge_all
-from training import evaluate_recency
-from training.evaluate_recency import article_date, recency_profile, split_by_date
+from training.evaluation import recency
+from training.evaluation.recency import article_date, recency_profile, split_by_date
 from training.tasks import news
 from training.tasks.base import split_of
 
@@ -121,9 +121,9 @@ def test_rows_against_direct_computation(tiny_checkpoint, commer_cache, tmp_path
     argv = ["--data", str(data), "--checkpoint", tiny_checkpoint, "--cache_dir", commer_cache,
             "--half_lives", "30", "180", "720", "--queries_per_author", "2", "--profile_documents", "6",
             "--min_profile_documents", "2", "--resamples", "200", "--batch_size", "3", "--output", str(out)]
-    args = evaluate_recency.build_parser().parse_args(argv)
+    args = recency.build_parser().parse_args(argv)
     args.argv = argv
-    result = evaluate_recency.run(args)
+    result = recency.run(args)
 
     assert [s.author for s in result["splits"]] == sorted(authors)
     rows = {r["label"]: r for r in result["rows"]}
@@ -178,6 +178,6 @@ def test_cli_errors_are_one_line_naming_the_flag(tmp_path, capsys):
                         (["--half_lives", "30", "-5"], "--half_lives"),
                         (["--min_profile_documents", "20"], "--min_profile_documents"),
                         (["--queries_per_author", "11"], "--data")):
-        assert evaluate_recency.main(base + extra) == 2
+        assert recency.main(base + extra) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and flag in err and "\n" not in err and "Traceback" not in err

@@ -42,3 +42,31 @@ def test_every_trainable_weight_learns_and_the_backbone_stays_frozen(tiny_backbo
     assert "compression_embeddings" in moved
     assert moved <= lora | {"compression_embeddings"}, sorted(moved - lora)[:3]
     assert losses[-1] < losses[0]
+
+
+def test_both_kinds_answer_one_interface_and_the_loop_never_asks_which(tiny_model, tiny_backbone, commer_cache):
+    import ast
+    import inspect
+
+    from training import train as train_mod
+    from training.prompt_tuning import PromptTuning
+    from training.trainable import Trainable
+
+    prompt_tuning = PromptTuning.from_backbone(tiny_backbone, num_tokens=3, cache=commer_cache)
+    config = TrainConfig(task="pretrain", data=["unused"], lr_lora=1e-3, lr_embeddings=1e-2, lr_prompt=3e-2)
+    assert isinstance(tiny_model, Trainable) and isinstance(prompt_tuning, Trainable)
+    assert [(g["name"], g["lr"]) for g in param_groups(tiny_model, config)] == \
+        [("lora", 1e-3), ("compression_embeddings", 1e-2)]
+    assert [(g["name"], g["lr"], len(g["params"])) for g in param_groups(prompt_tuning, config)] == \
+        [("soft_prompt", 3e-2, 1)]
+    # Only the builders (build_model, build_objective) choose by the configured method; nothing else
+    # in train.py tests which kind of model it holds.
+    tree = ast.parse(inspect.getsource(train_mod))
+    inside = {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("build_")
+              for n in ast.walk(f)}
+    for node in ast.walk(tree):
+        if id(node) in inside:
+            continue
+        assert not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "hasattr"), ast.unparse(node)
+        if isinstance(node, ast.Compare):
+            assert "method" not in ast.unparse(node), ast.unparse(node)

@@ -17,7 +17,7 @@ from training.prompt_tuning import PromptTuning
 from training.tasks import DataError, Example
 from training.tasks import news
 
-from test_training_loop import _config, _examples
+from test_training_loop import training_config, word_examples
 
 
 def _with_other(examples):
@@ -71,7 +71,7 @@ def test_contrast_gradient_matches_finite_differences():
 # ---- the objective on the tiny model --------------------------------------------------------
 
 def test_objective_adds_exactly_its_terms_and_reaches_the_compressor(tiny_model, tiny_backbone, commer_cache, tmp_path):
-    examples = _with_other(_examples(4))
+    examples = _with_other(word_examples(4))
     cache = prepare_cache(tmp_path / "teacher", FROZEN_TEXT, examples, k=16, temperature=1.0,
                           backbone=tiny_backbone, cache_dir=commer_cache)
     tiny_model.train()
@@ -96,7 +96,7 @@ def test_objective_adds_exactly_its_terms_and_reaches_the_compressor(tiny_model,
 
 def test_examples_without_teacher_or_other_documents_add_cross_entropy_only(tiny_model, tiny_backbone,
                                                                              commer_cache, tmp_path):
-    task = _examples(2)
+    task = word_examples(2)
     cache = prepare_cache(tmp_path / "t", FROZEN_TEXT, task, 8, 1.0, tiny_backbone, commer_cache)
     autoencoding = [Example(["Document 1: a river"], "What does document 1 contain?", "a river")]
     ce, _ = Objective()(tiny_model, autoencoding, 10.0)
@@ -107,7 +107,7 @@ def test_examples_without_teacher_or_other_documents_add_cross_entropy_only(tiny
 # ---- the teacher cache ------------------------------------------------------------------------
 
 def test_teacher_cache_round_trip_extends_and_refuses_another_teacher(tiny_backbone, commer_cache, tmp_path):
-    examples = _examples(6)
+    examples = word_examples(6)
     folder = tmp_path / "cache"
     first = prepare_cache(folder, FROZEN_TEXT, examples[:4], 8, 2.0, tiny_backbone, commer_cache)
     loaded = TeacherCache.load(folder)
@@ -132,7 +132,7 @@ def test_teacher_cache_round_trip_extends_and_refuses_another_teacher(tiny_backb
 
 
 def test_prompt_tuning_teacher_reads_documents_as_text_behind_its_soft_prompt(tiny_backbone, commer_cache, tmp_path):
-    examples = _examples(3)
+    examples = word_examples(3)
     pt = PromptTuning.from_backbone(tiny_backbone, 4, cache=commer_cache)
     pt.save_pretrained(str(tmp_path / "pt"))
     cache = prepare_cache(tmp_path / "c", str(tmp_path / "pt"), examples, 400, 1.0, tiny_backbone, commer_cache)
@@ -175,17 +175,17 @@ def test_other_author_documents_follow_the_control_rule(tmp_path):
 
 
 def test_training_with_both_terms_and_autocast_runs_logs_and_resumes(tiny_backbone, commer_cache, tmp_path, monkeypatch):
-    examples = _with_other(_examples(8))
+    examples = _with_other(word_examples(8))
     monkeypatch.setattr(train_mod, "load_examples", lambda config, split, limit=None: list(examples))
     kw = dict(distill_teacher=FROZEN_TEXT, distill_weight=0.5, distill_top_k=8, contrast_weight=1.0,
               contrast_margin=0.2, autocast="bfloat16", max_steps=4, eval_every=2)
-    whole = train_mod.train(_config(tiny_backbone, commer_cache, tmp_path / "a", **kw), progress=False)
+    whole = train_mod.train(training_config(tiny_backbone, commer_cache, tmp_path / "a", **kw), progress=False)
     records = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert len(steps) == 4 and all({"ce", "kl", "contrast", "gap"} <= set(r) for r in steps)
     assert (tmp_path / "a" / "run" / "teacher" / "teacher.safetensors").exists()
     # Killed after 2 steps and resumed: the same weights as the uninterrupted run.
-    half = _config(tiny_backbone, commer_cache, tmp_path / "b", stop_after_steps=2, **kw)
+    half = training_config(tiny_backbone, commer_cache, tmp_path / "b", stop_after_steps=2, **kw)
     assert train_mod.train(half, progress=False)["stopped"]
     resumed = train_mod.train(half.model_copy(update={"stop_after_steps": None}), progress=False)
     from commer import ComMer

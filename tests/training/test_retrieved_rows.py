@@ -8,9 +8,9 @@ import torch
 
 from commer import ComMer
 from commer.retrieval import top_m_by_bm25, top_m_by_similarity
-from training import evaluate_controls
+from training.evaluation import controls as controls_evaluation
 from training.evaluate_task import score_examples
-from training.retrieved_rows import AuthorPools, article_id
+from training.evaluation.retrieved_rows import AuthorPools, article_id
 from training.tasks import DataError, news
 
 from test_evaluate_controls import write_huffpost  # the same synthetic HuffPost file as the controls test
@@ -21,17 +21,17 @@ def controls(tiny_checkpoint, commer_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("retrieved-rows")
     data = root / "news.jsonl"
     write_huffpost(data)
-    args = evaluate_controls.build_parser().parse_args([
+    args = controls_evaluation.build_parser().parse_args([
         "--data", str(data), "--checkpoint", tiny_checkpoint, "--cache_dir", commer_cache,
         "--documents", "1", "4", "--text_documents", "--prompt_tuning_documents", "--retrieved_top_m", "1", "2",
         "--similarity_top_m", "1", "--max_examples", "10", "--max_new_tokens", "2", "--probe_examples", "0",
         "--resamples", "200", "--batch_size", "4", "--output", str(root / "out")])
     args.argv = ["(test)"]
-    result = evaluate_controls.run(args)
+    result = controls_evaluation.run(args)
     model = ComMer.from_pretrained(tiny_checkpoint, cache=commer_cache)
     examples = news.load(str(data), "test", 4, max_examples=10)
     return {"result": result, "rows": {r["label"]: r for r in result["rows"]}, "model": model,
-            "examples": examples, "articles": evaluate_controls.test_articles(str(data)), "out": root / "out"}
+            "examples": examples, "articles": news.authors_of(str(data), "test"), "out": root / "out"}
 
 
 def others(articles, example):

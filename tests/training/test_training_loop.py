@@ -14,7 +14,7 @@ from training.tasks import Example
 F = Path(__file__).parent / "fixtures" / "training"
 
 
-def _examples(n=8):
+def word_examples(n=8):
     words = ["apple", "river", "mountain", "violin", "orange", "silver", "garden", "window", "planet", "candle"]
     return [Example(documents=[f"Text: {words[i % 10]} {words[(i + 3) % 10]} Title: {words[(i + 1) % 10]}",
                                f"Text: {words[(i + 5) % 10]} Title: {words[(i + 2) % 10]}"],
@@ -23,7 +23,7 @@ def _examples(n=8):
             for i in range(n)]
 
 
-def _config(tiny_backbone, commer_cache, tmp_path, **kw):
+def training_config(tiny_backbone, commer_cache, tmp_path, **kw):
     base = dict(task="news", data=["unused.jsonl"], backbone=tiny_backbone, cache_dir=commer_cache,
                 num_compression_tokens=4, max_document_tokens=64, lora_r=8, lora_alpha=16, lora_dropout=0.1,
                 batch_size=4, micro_batch_size=2, max_steps=6, eval_every=3, save_every=100, num_threads=1,
@@ -34,7 +34,7 @@ def _config(tiny_backbone, commer_cache, tmp_path, **kw):
 
 @pytest.fixture
 def fixed_examples(monkeypatch):
-    examples = _examples()
+    examples = word_examples()
     monkeypatch.setattr(train_mod, "load_examples", lambda config, split, limit=None: list(examples))
     return examples
 
@@ -65,7 +65,7 @@ def test_config_round_trip(tmp_path):
 
 
 def test_loss_decreases_on_tiny_overfit_set(tiny_backbone, commer_cache, tmp_path, fixed_examples):
-    config = _config(tiny_backbone, commer_cache, tmp_path, max_steps=30, eval_every=30, lora_dropout=0.0,
+    config = training_config(tiny_backbone, commer_cache, tmp_path, max_steps=30, eval_every=30, lora_dropout=0.0,
                      lr_lora=3e-2, lr_embeddings=0.3)
     summary = train_mod.train(config, progress=False)
     history = summary["val_history"]
@@ -87,9 +87,9 @@ def _fingerprint(folder):
 def test_resume_equivalence(tiny_backbone, commer_cache, tmp_path, fixed_examples):
     """Killed after step 3 and resumed = uninterrupted, bit for bit (one thread: CPU reductions
     with several threads may differ in the last bits from run to run)."""
-    whole = _config(tiny_backbone, commer_cache, tmp_path / "a")
+    whole = training_config(tiny_backbone, commer_cache, tmp_path / "a")
     train_mod.train(whole, progress=False)
-    parts = _config(tiny_backbone, commer_cache, tmp_path / "b", stop_after_steps=3)
+    parts = training_config(tiny_backbone, commer_cache, tmp_path / "b", stop_after_steps=3)
     assert train_mod.train(parts, progress=False)["stopped"]
     state = json.loads((tmp_path / "b" / "run" / "last" / train_mod.STATE_JSON).read_text())
     assert state["step"] == 3
@@ -101,15 +101,15 @@ def test_resume_equivalence(tiny_backbone, commer_cache, tmp_path, fixed_example
 
 
 def test_fine_tune_from_checkpoint_keeps_record(tiny_backbone, commer_cache, tmp_path, fixed_examples):
-    first = train_mod.train(_config(tiny_backbone, commer_cache, tmp_path / "a", max_steps=2), progress=False)
-    second = train_mod.train(_config(tiny_backbone, commer_cache, tmp_path / "b", max_steps=2,
+    first = train_mod.train(training_config(tiny_backbone, commer_cache, tmp_path / "a", max_steps=2), progress=False)
+    second = train_mod.train(training_config(tiny_backbone, commer_cache, tmp_path / "b", max_steps=2,
                                      init_checkpoint=first["final"]), progress=False)
     from commer.checkpoint import read_config
     assert len(read_config(second["final"]).training["stages"]) == 2
 
 
 def test_prompt_tuning_trains_and_round_trips(tiny_backbone, commer_cache, tmp_path, fixed_examples):
-    config = _config(tiny_backbone, commer_cache, tmp_path, method="prompt_tuning", max_steps=20, eval_every=20,
+    config = training_config(tiny_backbone, commer_cache, tmp_path, method="prompt_tuning", max_steps=20, eval_every=20,
                      lr_prompt=0.1)
     summary = train_mod.train(config, progress=False)
     assert summary["val_history"][-1]["val_ppl"] < summary["val_history"][0]["val_ppl"]
@@ -120,7 +120,7 @@ def test_prompt_tuning_trains_and_round_trips(tiny_backbone, commer_cache, tmp_p
 
 
 def test_evaluate_methods(tiny_model):
-    examples = _examples(4)
+    examples = word_examples(4)
     none = evaluate(tiny_model, "none", examples, 0, batch_size=2, max_new_tokens=3)
     with_docs = evaluate(tiny_model, "commer", examples, 2, batch_size=2, max_new_tokens=3)
     for row in (none, with_docs):
@@ -140,10 +140,10 @@ def test_train_cli_clear_error_for_missing_data(tmp_path, capsys):
 
 
 def test_evaluate_shows_a_progress_bar(tiny_model, capsys):
-    evaluate(tiny_model, "none", _examples(4), 0, batch_size=2, max_new_tokens=2, generate=False)
+    evaluate(tiny_model, "none", word_examples(4), 0, batch_size=2, max_new_tokens=2, generate=False)
     err = capsys.readouterr().err
     assert "evaluate none n=0" in err and "4/4" in err
-    evaluate(tiny_model, "none", _examples(2), 0, batch_size=2, max_new_tokens=2, generate=False, progress=False)
+    evaluate(tiny_model, "none", word_examples(2), 0, batch_size=2, max_new_tokens=2, generate=False, progress=False)
     assert "evaluate" not in capsys.readouterr().err
 
 
@@ -166,7 +166,7 @@ def test_autoencoding_examples_mixed_into_a_task(tmp_path):
 def test_grow_compression_tokens_from_a_checkpoint_and_resume(tiny_backbone, commer_cache, tiny_checkpoint,
                                                               tmp_path, fixed_examples):
     """grow_compression_tokens: fine-tune a K=4 checkpoint as K=8; a resumed run keeps its grown K."""
-    config = _config(tiny_backbone, commer_cache, tmp_path, init_checkpoint=tiny_checkpoint,
+    config = training_config(tiny_backbone, commer_cache, tmp_path, init_checkpoint=tiny_checkpoint,
                      grow_compression_tokens=8, max_steps=4, eval_every=2, stop_after_steps=2)
     assert train_mod.train(config, progress=False)["stopped"]
     summary = train_mod.train(config.model_copy(update={"stop_after_steps": None}), progress=False)

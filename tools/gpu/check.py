@@ -4,7 +4,7 @@ Loads the default checkpoint (the first load dequantizes the carried GGUF into $
 prints where the backbone and the libraries came from, the backbone identity and the checkpoint
 fingerprint (same numbers as on the CPU machine means the carried pins and GGUF are the right
 ones), then compresses and generates on the device.
-    python tools/gpu/check.py [--device cuda] [--dtype auto]
+    python tools/gpu/check.py [--device auto] [--dtype auto]
 """
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ import torch
 from commer import ComMer
 from commer.backbone import default_gguf_path
 from commer.defaults import default_checkpoint
-from commer.precision import resolve_dtype
+from commer.precision import resolve
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     args = p.parse_args()
-    dtype = resolve_dtype(args.dtype, args.device)
+    args.device, dtype = resolve(args.device, args.dtype)
     t0 = time.perf_counter()
     checkpoint = default_checkpoint()
     recorded = json.loads((Path(checkpoint) / "commer_config.json").read_text())

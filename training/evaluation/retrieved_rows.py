@@ -29,10 +29,11 @@ import torch
 
 from commer.retrieval import order_by_doc_id, retrieved_soft_prompt, top_m_by_bm25, top_m_by_similarity
 from training.evaluate_task import prompt_tokens, score_batch, score_examples
+from training.evaluation.rows import PlannedRow
 from training.tasks import DataError, Example
 from training.tasks import news
 
-log = logging.getLogger("training.retrieved_rows")
+log = logging.getLogger(__name__)
 
 RULES = {"retrieved_bm25": "bm25", "retrieved_similarity": "similarity", "merge_all": "all",
          "text_retrieved_bm25": "bm25"}
@@ -139,15 +140,15 @@ class RetrievedScorer:
         return out
 
 
-def plan_rows(args, examples: list[Example]) -> list[tuple[str, str, str, int, list[Example]]]:
-    """(label, group, method, M, examples) of the query-time merge rows the flags ask for."""
-    rows = [(f"ComMer retrieved top-{m} (bm25)", "retrieved", "retrieved_bm25", m, examples)
+def plan_rows(args, examples: list[Example]) -> list[PlannedRow]:
+    """The query-time merge rows the flags ask for (n is M)."""
+    rows = [PlannedRow(f"ComMer retrieved top-{m} (bm25)", "retrieved", "retrieved_bm25", m, examples)
             for m in args.retrieved_top_m]
-    rows += [(f"ComMer similarity top-{m}", "retrieved", "retrieved_similarity", m, examples)
+    rows += [PlannedRow(f"ComMer similarity top-{m}", "retrieved", "retrieved_similarity", m, examples)
              for m in args.similarity_top_m]
     if args.retrieved_top_m or args.similarity_top_m:
-        rows.append(("ComMer merge=all", "retrieved", "merge_all", 0, examples))
-    rows += [(f"text retrieved top-{m} (bm25)", "retrieved_text", "text_retrieved_bm25", m, examples)
+        rows.append(PlannedRow("ComMer merge=all", "retrieved", "merge_all", 0, examples))
+    rows += [PlannedRow(f"text retrieved top-{m} (bm25)", "retrieved_text", "text_retrieved_bm25", m, examples)
              for m in args.retrieved_text_top_m]
     return rows
 
