@@ -16,8 +16,9 @@
     after the pipeline succeeded (pipelines.tables: a kill leaves the previous version or this one)
     OUTPUT/dead_letters (Delta), OUTPUT/run_summary.json
 
-A query whose user has no profile is still answered, without a soft prompt, and marked
-personalized=false. Profiles made by another checkpoint (fingerprint) are refused before
+A query whose user has no profile is still answered, marked personalized=false: with the task
+prompt (--task_prompt: 8 soft tokens trained on the task without documents, bundled beside the
+default checkpoint) or, with --task_prompt=none, without a soft prompt. Profiles made by another checkpoint (fingerprint) are refused before
 anything runs. Modes: commer (soft prompt), in_prompt (documents as text, the baseline),
 none (no personalization), all on the same frozen backbone so quality and prompt length compare.
 """
@@ -60,6 +61,10 @@ parser.add_argument("--seed", type=int, default=0,
                     help="Sampling seed; each query samples with a seed derived from it and its query_id, "
                          "so results do not depend on batching.")
 parser.add_argument("--batch_size", type=int, default=16, help="Queries generated together per model call.")
+parser.add_argument("--task_prompt", default="default",
+                    help="--mode=commer, a user without a profile (personalized=false, counted): default: the task "
+                         "prompt bundled beside the default checkpoint, if it fits the checkpoint's backbone; a "
+                         "folder (training.train --method prompt_tuning --num_documents 0); none: no soft prompt.")
 add_merge_flags(parser)
 add_dead_letter_flag(parser)
 add_model_flags(parser)
@@ -78,7 +83,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from commer.prompting import UserDocuments
 from pipelines import faults
-from pipelines.inference import ComMerGenerator, GenerationSettings, generation_settings
+from pipelines.inference import ComMerGenerator, GenerationSettings, cold_start_prompt, generation_settings
 from pipelines.io import (DEAD, check_fingerprints, input_table, match, parse_as_dict, read_records, read_tables,
                           write_dead_letters, write_tables)
 from pipelines.options import dead_letter_folder, parse
@@ -109,12 +114,14 @@ def profile_rows(table) -> Iterable[tuple[str, dict]]:
 class PlanUser(beam.DoFn):
     """A user's queries → generation requests, with the user's soft prompt or documents.
 
-    Queries are never dropped for lack of a profile: they become non-personalized requests.
+    Queries are never dropped for lack of a profile: they become non-personalized requests, with the
+    task prompt when there is one (`cold_start`, (K, d)).
     """
 
-    def __init__(self, settings: GenerationSettings, merge: MergeSettings | None = None):
-        self.settings, self.merge = settings, merge
-        self.counters = counters("queries_without_profile", "query_duplicates", "users_with_several_profiles")
+    def __init__(self, settings: GenerationSettings, merge: MergeSettings | None = None, cold_start=None):
+        self.settings, self.merge, self.cold_start = settings, merge, cold_start
+        self.counters = counters("queries_without_profile", "queries_task_prompt", "query_duplicates",
+                                 "users_with_several_profiles")
 
     def process(self, element):
         user_id, groups = element
@@ -156,9 +163,10 @@ class PlanUser(beam.DoFn):
             documents = ranked.top(query["instruction"], self.settings.num_documents) if ranked else None
             personalized = soft is not None or bool(documents)
             if not personalized:
-                self.counters["queries_without_profile"].inc()
+                self.counters["queries_without_profile" if self.cold_start is None else "queries_task_prompt"].inc()
             yield {"user_id": user_id, "query_id": query["query_id"], "instruction": query["instruction"],
-                   "reference": query.get("reference"), "soft_prompt": soft, "doc_count": doc_count,
+                   "reference": query.get("reference"), "soft_prompt": soft if personalized else self.cold_start,
+                   "doc_count": doc_count,
                    "documents": documents, "personalized": personalized}
 
 
@@ -189,7 +197,7 @@ def build(pipeline, opts, settings: GenerationSettings, query_files: list[str], 
 
     planned = (grouped
                | "JoinByUser" >> beam.CoGroupByKey()
-               | "PlanQueries" >> beam.ParDo(PlanUser(settings, merge)).with_outputs(DEAD, main="requests"))
+               | "PlanQueries" >> beam.ParDo(PlanUser(settings, merge, cold_start_prompt(settings))).with_outputs(DEAD, main="requests"))
     dead.append(planned.dead)
 
     predictions = (planned.requests
@@ -252,6 +260,7 @@ def main(argv: list[str]) -> int:
         "queries_read": read, "queries_dead_lettered": rejected, "query_duplicates": duplicates,
         "predictions": answered, "predictions_personalized": counts.get("predictions_personalized", 0),
         "predictions_not_personalized": answered - counts.get("predictions_personalized", 0),
+        "predictions_task_prompt": counts.get("queries_task_prompt", 0),
         "users_with_several_profiles": counts.get("users_with_several_profiles", 0),
         "documents_read": counts.get("document_read", 0),
         "documents_dead_lettered": counts.get("document_dead_lettered", 0),
@@ -272,7 +281,8 @@ def main(argv: list[str]) -> int:
     if refused:
         raise refused
     print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized, "
-          f"{summary['predictions_not_personalized']} not), {rejected} dead-lettered, {duplicates} duplicates  "
+          f"{summary['predictions_not_personalized']} not, {summary['predictions_task_prompt']} of them with the task "
+          f"prompt), {rejected} dead-lettered, {duplicates} duplicates  "
           f"({seconds:.1f} s)")
     for line in merge_report(summary["merge"], answered):
         print(line)

@@ -22,9 +22,11 @@ from transformers import AutoTokenizer
 from commer import ComMer
 from commer.backbone import resolve_backbone
 from commer.checkpoint import read_config
+from commer.defaults import BUNDLED_TASK_PROMPT
 from commer.model import tokenize_documents
 from commer.precision import resolve, resolve_device
 from commer.prompting import fit_documents
+from commer.task_prompt import TaskPromptError, load_task_prompt
 from pipelines import faults, progress
 from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
 from pipelines.flags import IN_PROMPT_MAX_TOKENS
@@ -199,6 +201,8 @@ class GenerationSettings(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus mass.")
     seed: int = Field(0, description="Base sampling seed.")
     batch_size: int = Field(16, gt=0, description="Queries per model call.")
+    task_prompt: Optional[str] = Field(None, description=(
+        "Task-prompt folder a user without a profile is answered with (--mode=commer; None: no soft prompt)."))
 
 
 class _Loaded:
@@ -271,7 +275,7 @@ class ComMerGenerator(ModelHandler):
         progress.now()
         progress.add(progress.DONE, len(rows))
         for r, text, p, x, n, ppl, base in zip(rows, texts, soft, instructions, doc_counts, perplexity, unpersonalized):
-            tokens = len(m.prompt_ids(x, limit)) + (m.K if p is not None else 0)
+            tokens = len(m.prompt_ids(x, limit)) + (len(p) if p is not None else 0)
             yield Prediction(user_id=r["user_id"], query_id=r["query_id"], instruction=r["instruction"], prediction=text,
                              personalized=r["personalized"], doc_count=n, reference=r["reference"],
                              perplexity=ppl, perplexity_unpersonalized=base, prompt_tokens=tokens,
@@ -290,6 +294,30 @@ def _perplexities(model, which: list[int], soft: list, instructions: list[str], 
     return out
 
 
+def cold_start_folder(flag: str, config) -> Optional[str]:
+    """--task_prompt → the folder a user without a profile is answered with, checked against the checkpoint's
+    backbone (a task prompt is a soft prompt in that backbone's embedding space), or None.
+
+    'default' is the task prompt bundled beside the default checkpoint when it fits this checkpoint's
+    backbone, else None (said once in the log); a folder that does not fit is one CLI line."""
+    if flag == "none":
+        return None
+    folder = str(BUNDLED_TASK_PROMPT) if flag == "default" else flag
+    try:
+        load_task_prompt(folder).check_backbone(config.backbone_hash, config.hidden_size)
+    except (TaskPromptError, OSError) as exc:
+        if flag != "default":
+            raise CliError(f"--task_prompt: {exc} (or --task_prompt=none: no soft prompt without a profile)") from None
+        log.info("users without a profile are answered without a soft prompt: %s", exc)
+        return None
+    return folder
+
+
+def cold_start_prompt(settings: GenerationSettings) -> Optional[np.ndarray]:
+    """The (K, d) task prompt of `settings` as the array PlanUser hands out, or None."""
+    return load_task_prompt(settings.task_prompt).soft_prompt.numpy() if settings.task_prompt else None
+
+
 def generation_settings(opts) -> GenerationSettings:
     """generate's flags → the settings its workers get; a bad value is one CLI line."""
     checkpoint, config = checkpoint_config(opts)
@@ -301,6 +329,7 @@ def generation_settings(opts) -> GenerationSettings:
             cache_dir=opts.cache_dir, fingerprint=config.fingerprint, mode=opts.mode,
             num_documents=opts.num_documents, max_prompt_tokens=opts.max_prompt_tokens,
             max_new_tokens=opts.max_new_tokens, do_sample=opts.do_sample, temperature=opts.temperature,
-            top_p=opts.top_p, seed=opts.seed, batch_size=opts.batch_size)
+            top_p=opts.top_p, seed=opts.seed, batch_size=opts.batch_size,
+            task_prompt=cold_start_folder(opts.task_prompt, config) if opts.mode == "commer" else None)
     except ValidationError as exc:
         raise CliError(f"invalid flag value: {describe_errors(exc)} (see --help)") from None

@@ -125,6 +125,9 @@ def test_bad_rows_dead_lettered_and_reconciled(generated):
     assert summary["queries_read"] == 9 and summary["predictions"] == 5
     assert summary["queries_dead_lettered"] == 3 and summary["query_duplicates"] == 1
     assert summary["predictions_not_personalized"] == 1 and summary["reconciled"] is True
+    # The bundled task prompt lives in the default backbone's embedding space, not the tiny model's: the
+    # unknown user is answered without a soft prompt, and the summary says none had the task prompt.
+    assert summary["predictions_task_prompt"] == 0 and summary["settings"]["task_prompt"] is None
 
 
 def test_predictions_are_a_delta_table_with_their_metadata(generated):
@@ -147,6 +150,48 @@ def test_fingerprint_mismatch_refused_before_running(tiny, tiny_checkpoint, comm
     assert "0123456789abcdef0123456789abcdef" in err and tiny.fingerprint() in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_user_without_profile_gets_the_task_prompt(tiny, generated, tiny_checkpoint, commer_cache, tmp_path,
+                                                     capsys):
+    """Issue 23 item 4: cold start. The task prompt answers the unknown user (not personalized, counted);
+    users with a profile are untouched; a task prompt of another backbone is one line before anything runs."""
+    import torch
+    from commer.task_prompt import save_task_prompt
+    from pipelines import generate
+    task = torch.randn(3, tiny.hidden_size) * 0.05
+    save_task_prompt(tmp_path / "task", task, "tiny", tiny.identity.content_hash)
+    argv = RUNNER + [f"--profiles={generated['profiles']}", f"--queries={generated['queries']}",
+                     f"--checkpoint={tiny_checkpoint}", f"--cache_dir={commer_cache}", "--max_new_tokens=6",
+                     "--batch_size=2"]
+    assert generate.main(argv + [f"--output={tmp_path / 'out'}", f"--task_prompt={tmp_path / 'task'}"]) == 0
+    assert "1 of them with the task prompt" in capsys.readouterr().out
+    rows, before = _predictions(tmp_path / "out"), _predictions(generated["out"])
+    q5 = QUERIES[4]
+    assert rows["q5"]["personalized"] is False and rows["q5"]["doc_count"] == 0
+    assert rows["q5"]["prediction"] == tiny.generate([task], [q5["instruction"]], max_new_tokens=6)[0]
+    ppl = float(tiny.perplexity([task], [q5["instruction"]], [q5["reference"]])[0])
+    assert rows["q5"]["perplexity"] == pytest.approx(ppl, rel=1e-4)
+    assert rows["q5"]["prompt_tokens"] == 3 + len(tiny.prompt_ids(q5["instruction"]))
+    assert all(rows[q]["prediction"] == before[q]["prediction"] for q in ("q1", "q2", "q3", "q4"))
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["predictions_task_prompt"] == 1 and summary["predictions_not_personalized"] == 1
+
+    save_task_prompt(tmp_path / "alien", task, "other", "f" * 64)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(generate.main, argv + [f"--output={tmp_path / 'o2'}", f"--task_prompt={tmp_path / 'alien'}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--task_prompt" in err and "backbone" in err
+    assert "Traceback" not in err and not (tmp_path / "o2").exists()
+    assert err.strip().splitlines()[-1].count("backbone") >= 1  # the error is one line, the last
+
+
+def test_the_bundled_task_prompt_fits_the_default_checkpoint():
+    from commer.checkpoint import read_config
+    from commer.defaults import BUNDLED_TASK_PROMPT, default_checkpoint
+    from pipelines.inference import cold_start_folder
+    assert cold_start_folder("default", read_config(default_checkpoint())) == str(BUNDLED_TASK_PROMPT)
+    assert cold_start_folder("none", read_config(default_checkpoint())) is None
 
 
 def test_missing_flags_are_clear(tiny_checkpoint, tmp_path, capsys):
