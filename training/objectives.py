@@ -40,15 +40,15 @@ class Objective:
         nll = torch.stack([F.cross_entropy(logits, target, reduction="sum") for logits, target in rows])
         count = torch.tensor([float(len(t)) for _, t in rows], device=nll.device)
         loss = nll.sum()
-        parts = {"ce": float(nll.sum())}
+        parts = {"ce": float(nll.detach().sum())}
         if self.distill_weight:
             kl = self._distillation(examples, rows)
             loss = loss + self.distill_weight * kl
-            parts["kl"] = float(kl)
+            parts["kl"] = float(kl.detach())
         if self.contrast_weight:
             hinge, gap = self._contrast(model, examples, nll, count)
             loss = loss + self.contrast_weight * hinge
-            parts["contrast"], parts["gap"] = float(hinge), gap
+            parts["contrast"], parts["gap"] = float(hinge.detach()), gap
         return loss / total_tokens, parts
 
     def _distillation(self, examples: list[Example], rows) -> torch.Tensor:

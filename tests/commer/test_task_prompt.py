@@ -3,7 +3,7 @@ commer reads without training/, checked against the model's backbone, usable as 
 import pytest
 import torch
 
-from commer.defaults import BUNDLED_TASK_PROMPT, default_checkpoint, default_task_prompt, task_prompt
+from commer.defaults import default_checkpoint, default_task_prompt, task_prompt
 from commer.task_prompt import TaskPromptError, load_task_prompt, save_task_prompt
 
 
@@ -23,7 +23,6 @@ def test_round_trip_and_backbone_check(tiny_model, tmp_path):
     assert len(tiny_model.generate([loaded.soft_prompt], ["hello"], max_new_tokens=2)) == 1
 
 
-@pytest.mark.skipif(not (BUNDLED_TASK_PROMPT / "prompt_tuning.json").exists(), reason="no bundled task prompt")
 def test_bundled_task_prompt_fits_the_default_checkpoint():
     from commer.checkpoint import read_config
     config = read_config(default_checkpoint())
