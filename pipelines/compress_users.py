@@ -15,7 +15,8 @@ Pipeline (labels as in the Beam graph):
     MergeProfiles (CombinePerKey over user_id, profile_state.Update → ProfileState) ─► Finalize ─► WriteProfiles
     (--half_life_days and --deletions: users whose deletions cancelled most weight ─► RebuildProfiles)
 
-then the launcher checks the dead letters (pipelines.rejections) and commits each table as one Delta version.
+The launcher resolves --dtype once and hands it to the workers; the tables record it (pipelines.compute_dtype).
+Then it checks the dead letters (pipelines.rejections) and commits each table as one Delta version.
 Reconciliation: records_read = compressed + dead_lettered + duplicates + already_merged (0 on a full run).
 """
 from __future__ import annotations

@@ -59,6 +59,6 @@ def remote_note(flags: argparse.Namespace, dtype: str, options) -> None:
     """One console note when `--dtype auto` was resolved on a launcher for workers elsewhere."""
     if flags.dtype == "auto" and not runs_locally(options):
         device = resolve_on_worker(flags.dtype, flags.device)[1]
-        print(f"note: --dtype auto resolved on this launcher to {dtype} (--device {flags.device}: {device} here); "
-              f"every worker computes in {dtype} whatever its hardware. Name --dtype to choose (GPU workers: "
-              "--device cuda, bfloat16)", file=sys.stderr)
+        seen = f"--device auto: {device} here" if flags.device == "auto" else f"--device {device}"
+        print(f"note: --dtype auto resolved to {dtype} on this launcher ({seen}); every worker computes in {dtype}, "
+              "whatever its hardware. Name --dtype to choose (GPU workers: --device cuda, bfloat16)", file=sys.stderr)
