@@ -8,7 +8,8 @@ Delta commit's table metadata), and the run summary says it too.
 
 bfloat16 compressions differ from float32 ones (about 6e-3 relative on the bundled checkpoint, issue
 27), so a refresh whose dtype differs from its previous profiles' would add the two kinds into one sum
-that equals neither recompute: `check_dtype` refuses it before anything runs.
+that equals neither recompute: `check_dtype` refuses it before anything runs. Tables written before
+the record carry none and read as float32 (pipelines.recorded.UNRECORDED_DTYPE says why).
 
 Where the launcher is not where the workers run (Dataflow), it cannot see their device: with `--device
 auto` it resolves `--dtype auto` for its own (float32 on a launcher without a GPU), and GPU workers then
@@ -23,14 +24,9 @@ from typing import Sequence
 
 from pipelines.inference import resolve_on_worker
 from pipelines.progress import runs_locally
-from pipelines.recorded import recorded_setting
+from pipelines.recorded import recorded_dtype
 from pipelines.runtime import CliError
 
-# Tables written before the dtype was recorded carry none. They are read as float32: the only dtype
-# `--dtype auto` ever chose on a CPU, where nearly all of them were made. A run on CUDA (auto chose
-# bfloat16 there) or with an explicit --dtype bfloat16 was bfloat16 but cannot be told apart; recompute
-# such profiles with a full run to have their dtype recorded.
-UNRECORDED_DTYPE = "float32"
 FULL_RUN = "recompute every profile with a full run (all documents, no --previous_profiles)"
 
 
@@ -38,11 +34,6 @@ def run_dtype(flags: argparse.Namespace) -> str:
     """The dtype this run computes in: --dtype as given, or for auto the default of the device this machine
     resolves --device to (one call to commer.precision's rule, through the workers' own resolver)."""
     return resolve_on_worker(flags.dtype, flags.device)[0]
-
-
-def recorded_dtype(files: Sequence[str], flag: str) -> tuple[str, str | None]:
-    """(the dtype `files` were computed in, a file recording it); all must agree (tables of one run)."""
-    return recorded_setting(files, lambda meta: meta.get("dtype") or UNRECORDED_DTYPE, flag, "dtypes")
 
 
 def check_dtype(dtype: str, previous: Sequence[tuple[str, str, Sequence[str]]]) -> None:

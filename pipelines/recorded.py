@@ -1,9 +1,10 @@
 """What the previous runs recorded in their files' ComMer metadata, read before anything runs.
 
 A refresh combines this run's compressions with state earlier runs wrote, so the settings that change
-the numbers (the half-life, the compute dtype) must be the ones those runs recorded. Each writer puts
-them in every Parquet footer's ComMer metadata (schemas.arrow), so one reader serves Delta tables, the
-layout before Delta and plain files alike. Reads footers only; a remote path of a dry run is skipped
+the numbers (the half-life, the compute dtype) must be the ones those runs recorded (pipelines.half_life,
+pipelines.compute_dtype); a table converted from the layout before Delta keeps what its files recorded.
+Each writer puts them in every Parquet footer's ComMer metadata (schemas.arrow), so one reader serves
+Delta tables, the layout before Delta and plain files alike. Reads footers only; a remote path of a dry run is skipped
 (pipelines.offline).
 """
 from __future__ import annotations
@@ -16,6 +17,12 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.offline import stands_in
 from pipelines.runtime import CliError
 from schemas import read_metadata
+
+# Tables written before the compute dtype was recorded carry none. They are read as float32: the only dtype
+# `--dtype auto` ever chose on a CPU, where nearly all of them were made. A run on CUDA (auto chose bfloat16
+# there) or with an explicit --dtype bfloat16 was bfloat16 but cannot be told apart; recompute such profiles
+# with a full run to have their dtype recorded.
+UNRECORDED_DTYPE = "float32"
 
 
 def footer_schema(path: str):
@@ -41,3 +48,8 @@ def recorded_setting(files: Sequence[str], read: Callable[[dict], Any], flag: st
         raise CliError(f"{flag} mixes {what} {describe(a)} ({path_a}) and {describe(b)} ({path_b}); pass one run's "
                        "tables")
     return next(iter(found.items()), (read({}), None))
+
+
+def recorded_dtype(files: Sequence[str], flag: str) -> tuple[str, str | None]:
+    """(the dtype `files` were computed in, a file recording it); all must agree (tables of one run)."""
+    return recorded_setting(files, lambda meta: meta.get("dtype") or UNRECORDED_DTYPE, flag, "dtypes")

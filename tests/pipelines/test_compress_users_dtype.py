@@ -16,12 +16,14 @@ from deltalake import DeltaTable
 from commer import ComMer
 from delta_helpers import files as table_files
 from pipelines import compress_users
-from pipelines.compute_dtype import FULL_RUN, recorded_dtype
+from pipelines.compute_dtype import FULL_RUN
 from pipelines.options import parse
+from pipelines.recorded import recorded_dtype
 from pipelines.runtime import CliError, run_cli
 from schemas import read_metadata, read_parquet
 from schemas.tables import commit_metadata
 from test_compress_users import corpus, expected_profiles, job, profiles, write_jsonl
+from pipelines.tables import convert_legacy, plan_output
 from test_dataflow_dry_run import DATAFLOW
 from test_rejected_runs import cli_error
 
@@ -153,3 +155,22 @@ def test_a_table_written_before_the_record_reads_as_float32(runs, tmp_path, tiny
         recorded_dtype([old, *table_files(tmp / "bfloat16")], "--previous_profiles")
     assert f"float32 ({old})" in str(mixed.value) and "bfloat16 (" in str(mixed.value)
     assert recorded_dtype([old, *table_files(tmp / "float32")], "--previous_profiles")[0] == "float32"
+
+
+def test_a_folder_of_the_layout_before_delta_converts_with_its_own_dtype(runs, tmp_path):
+    """A bfloat16 run writing into a folder of the layout before Delta: version 0 (the old, unrecorded files)
+    records float32, not the run's dtype."""
+    tmp, _ = runs
+    (source,) = table_files(tmp / "float32")
+    table = pq.read_table(source)
+    meta = {k: v for k, v in read_metadata(table).items() if k != "dtype"}
+    (tmp_path / "profiles" / "r1").mkdir(parents=True)
+    pq.write_table(table.replace_schema_metadata({b"commer": json.dumps(meta).encode()}),
+                   tmp_path / "profiles" / "r1" / "profiles-0.parquet")
+    (tmp_path / "profiles" / "CURRENT").write_text("r1\n")
+    (bf16,) = table_files(tmp / "bfloat16")
+    output = plan_output("profiles", "--output", str(tmp_path / "profiles"), pq.read_schema(bf16), "run-2")
+    assert output.legacy and output.metadata["dtype"] == "bfloat16"
+    convert_legacy(output)
+    assert recorded_dtype(table_files(tmp_path / "profiles"), "--output")[0] == "float32"
+    assert commit_metadata(DeltaTable(str(tmp_path / "profiles")))["table"]["dtype"] == "float32"
