@@ -70,8 +70,8 @@ def print_report(summary: dict) -> None:
     if any(summary["deletions"].values()):
         print("deletions: {requested} requested, {applied} applied, {unmatched} matched no stored document, "
               "{duplicate} named a document twice, {invalid} invalid (dead-lettered)".format(**summary["deletions"]))
-    print(f"{summary['documents_per_second']} documents/second ({summary['seconds']} s, {summary['dtype']})  reconciled: "
-          f"{summary['reconciled']}")
+    print(f"{summary['documents_per_second']} documents/second ({summary['seconds']} s, {summary['dtype']})  "
+          f"reconciled: {summary['reconciled']}")
     report_reasons(summary)
     versions = summary["committed"]
     print(f"profiles: {summary['profiles']} (version {versions.get('profiles')})  dead letters: "

@@ -129,10 +129,7 @@ def test_a_refresh_in_another_dtype_is_refused_before_anything_runs(runs, tiny_c
     line = refused("--previous_profiles", previous, "--dtype", "float32", "--previous_document_compressions",
                    str(tmp / "bfloat16" / "document_compressions"))
     assert line.startswith("error: --dtype: this run computes in float32, the --previous_document_compressions at ")
-    # The same refresh in the previous dtype runs.
-    summary = job(tmp, tiny_checkpoint, commer_cache, tmp / "in.jsonl", "same", "--dtype", "bfloat16",
-                  "--previous_profiles", str(tmp / "bfloat16"))
-    assert summary["already_merged"] == len(ROWS) and summary["dtype"] == "bfloat16"
+    # (A refresh in the previous dtype runs: test_compress_users.py's refresh test, per dtype.)
 
 
 def test_a_table_written_before_the_record_reads_as_float32(runs, tmp_path, tiny_checkpoint, commer_cache):
