@@ -15,7 +15,8 @@ Pipeline (labels as in the Beam graph):
     MergeProfiles (CombinePerKey over user_id, profile_state.Update → ProfileState) ─► Finalize ─► WriteProfiles
     (--half_life_days and --deletions: users whose deletions cancelled most weight ─► RebuildProfiles)
 
-then the launcher checks the dead letters (pipelines.rejections) and commits each table as one Delta version.
+The launcher resolves --dtype once and hands it to the workers; the tables record it (pipelines.compute_dtype).
+Then it checks the dead letters (pipelines.rejections) and commits each table as one Delta version.
 Reconciliation: records_read = compressed + dead_lettered + duplicates + already_merged (0 on a full run).
 """
 from __future__ import annotations
@@ -81,6 +82,7 @@ from pydantic import BaseModel, Field
 from pipelines import faults
 from pipelines.batching import Batching
 from pipelines.combiners import AccumulatorFn, unchanged
+from pipelines.compute_dtype import check_dtype, remote_note, run_dtype
 from pipelines.half_life import check_half_life
 from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
 from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, check_unique_users,
@@ -111,6 +113,7 @@ class JobPlan(BaseModel):
     backbone: str = Field(description="Backbone name recorded in the checkpoint.")
     K: int = Field(description="Compression tokens per document.")
     d: int = Field(description="Backbone hidden size.")
+    dtype: str = Field(description="The dtype every worker computes in (--dtype auto resolved by the launcher).")
     max_document_tokens: int = Field(description="Token limit per document (longer ones are truncated).")
     input: str = Field(description="Input glob.")
     files: list[str] = Field(description="Input files (.parquet read as Parquet, others as JSONL).")
@@ -129,7 +132,7 @@ class JobPlan(BaseModel):
     @property
     def metadata(self) -> dict:
         return {"fingerprint": self.fingerprint, "backbone": self.backbone, "trained": self.trained,
-                "run_id": self.run_id, "half_life_days": self.half_life_days}
+                "run_id": self.run_id, "half_life_days": self.half_life_days, "dtype": self.dtype}
 
 
 def make_plan(options: argparse.Namespace) -> JobPlan:
@@ -144,6 +147,7 @@ def make_plan(options: argparse.Namespace) -> JobPlan:
     plan = JobPlan(
         checkpoint=checkpoint, fingerprint=config.fingerprint, trained=config.trained,
         backbone=config.backbone_name or config.backbone, K=config.num_compression_tokens, d=config.hidden_size,
+        dtype=run_dtype(options),
         max_document_tokens=config.max_document_tokens, input=input_glob,
         files=files, output=output, dead_letter_output=dead_letter_folder(options),
         document_compressions_output=(options.document_compressions_output.rstrip("/")
@@ -178,6 +182,9 @@ def make_plan(options: argparse.Namespace) -> JobPlan:
         log.warning("--document_compressions_output without --previous_document_compressions holds only this "
                     "run's new documents; later --deletions of older documents will not find them")
     check_half_life(plan.half_life_days, plan.previous_profile_files, plan.previous_compression_files)
+    check_dtype(plan.dtype, [("--previous_profiles", options.previous_profiles, plan.previous_profile_files),
+                             ("--previous_document_compressions", options.previous_document_compressions,
+                              plan.previous_compression_files)])
     return plan
 
 
@@ -219,7 +226,7 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan, tables: 
     dead_letters.append(reconciled[DEAD])
     states.append(reconciled[REMOVE])
 
-    handler = ComMerModelHandler(plan.checkpoint, options.backbone, options.dtype, options.device,
+    handler = ComMerModelHandler(plan.checkpoint, options.backbone, plan.dtype, options.device,
                                  options.cache_dir, large_model=options.large_model, packed=options.packed)
     compressed = (reconciled.to_compress
                   | "Tokenize" >> beam.ParDo(Tokenize(plan.checkpoint, options.backbone, options.cache_dir,
@@ -259,6 +266,7 @@ def run(argv: list[str]) -> dict:
     """Build, run, check, commit and report; returns the run summary (also written to OUTPUT/run_summary.json)."""
     flags, options = parse(parser, argv, required=parser.required_flags, check=True)
     plan = make_plan(flags)
+    remote_note(flags, plan.dtype, options)
     tables = profile_tables(plan.output, plan.dead_letter_output, plan.document_compressions_output, plan.run_id,
                             (plan.K, plan.d), plan.metadata)
     if not plan.trained:

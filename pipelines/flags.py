@@ -87,7 +87,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                        help="Override the checkpoint's backbone reference (an HF folder, local or gs://). It must "
                             "be the same model: its content hash is checked.")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                       help="Backbone precision. auto: bfloat16 on CUDA, float32 on CPU (decided on each worker).")
+                       help="Backbone precision. auto: bfloat16 on CUDA, float32 on CPU (compress_users: resolved "
+                            "once by the launcher for --device as it sees it, recorded with the profiles; generate: "
+                            "on each worker).")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                        help="Where the model runs on each worker. auto: CUDA when the worker has it, else CPU.")
     group.add_argument("--cache_dir", default=None,

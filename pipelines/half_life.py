@@ -3,24 +3,15 @@
 A refresh adds this run's documents to the previous profiles' weighted sums, so both must weigh by
 the same half-life: a different one would silently give profiles that match neither. The half-life
 is recorded in the profiles' file metadata (schemas.arrow, `half_life_days`; files written before
-recency weighting have none: plain means). Reads Parquet footers only.
+recency weighting have none: plain means). Reads Parquet footers only (pipelines.recorded).
 """
 from __future__ import annotations
 
 import math
 from typing import Optional, Sequence
 
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
-
-from pipelines.offline import stands_in
+from pipelines.recorded import footer_schema, readable, recorded_setting
 from pipelines.runtime import CliError
-from schemas import read_metadata
-
-
-def _schema(path: str):
-    with FileSystems.open(path) as f:
-        return pq.ParquetFile(f).schema_arrow
 
 
 def _days(value: Optional[float]) -> str:
@@ -29,15 +20,9 @@ def _days(value: Optional[float]) -> str:
 
 def recorded_half_life(profile_files: Sequence[str]) -> Optional[float]:
     """The half-life the previous profiles were built with (None = plain mean); shards must agree."""
-    found = {}
-    for path in [f for f in profile_files if not stands_in(f)]:
-        value = read_metadata(_schema(path)).get("half_life_days")
-        found.setdefault(None if value is None else float(value), path)
-    if len(found) > 1:
-        (a, path_a), (b, path_b) = sorted(found.items(), key=lambda kv: kv[1])[:2]
-        raise CliError(f"--previous_profiles mixes half-lives {_days(a)} ({path_a}) and {_days(b)} ({path_b}); "
-                       "pass one run's profiles")
-    return next(iter(found), None)
+    def days(meta: dict) -> Optional[float]:
+        return None if meta.get("half_life_days") is None else float(meta["half_life_days"])
+    return recorded_setting(profile_files, days, "--previous_profiles", "half-lives", _days)[0]
 
 
 def check_half_life(half_life_days: Optional[float], profile_files: Sequence[str],
@@ -48,7 +33,7 @@ def check_half_life(half_life_days: Optional[float], profile_files: Sequence[str
     if half_life_days is not None and not (math.isfinite(half_life_days) and half_life_days > 0):
         raise CliError(f"--half_life_days {half_life_days:g}: must be a positive number of days (e.g. 180); leave "
                        "it out for the paper's plain mean")
-    if [f for f in profile_files if not stands_in(f)]:
+    if readable(profile_files):
         stored = recorded_half_life(profile_files)
         if stored != half_life_days:
             fix = "leave --half_life_days out" if stored is None else f"pass --half_life_days {stored:g}"
@@ -57,8 +42,8 @@ def check_half_life(half_life_days: Optional[float], profile_files: Sequence[str
                            f"combined); {fix}, or recompute every profile with a full run (all documents, no "
                            "--previous_profiles)")
     if half_life_days is not None:
-        for path in [f for f in compression_files if not stands_in(f)]:
-            if "created_at" not in _schema(path).names:
+        for path in readable(compression_files):
+            if "created_at" not in footer_schema(path).names:
                 raise CliError(f"--previous_document_compressions {path} has no created_at (written before recency "
                                "weighting), so deletions cannot subtract the weight a document was added with; "
                                "recompute with a full run and --document_compressions_output")

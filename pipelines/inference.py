@@ -1,9 +1,11 @@
 """The model inside Beam: one ComMer per worker process, tokenizing, token-budget batching and the
 two RunInference handlers (compress: token ids → K×d compressions; generate: requests → predictions).
 
-Device and precision are decided on the worker, not where the job is launched: a Dataflow
-launcher has no GPU while its workers do. `--device auto` is CUDA when the worker has it, and
-`--dtype auto` is bfloat16 on CUDA, float32 on CPU (commer.precision).
+The device is decided on the worker, not where the job is launched: a Dataflow launcher has no GPU
+while its workers do. `--device auto` is CUDA when the worker has it, and `--dtype auto` is bfloat16
+on CUDA, float32 on CPU (commer.precision). compress_users resolves the dtype once on its launcher
+and hands the workers the name (pipelines.compute_dtype: its tables record it); generate resolves
+`auto` here, per worker.
 """
 from __future__ import annotations
 

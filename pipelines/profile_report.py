@@ -48,6 +48,7 @@ def summarize(plan, counters: dict[str, int], seconds: float) -> dict:
         "checkpoint_trained": plan.trained,
         "fingerprint": plan.fingerprint,
         "K": plan.K, "d": plan.d,
+        "dtype": plan.dtype,  # what every compression of this run was computed in (also in the tables' metadata)
         "input": plan.input,
         "profiles": f"{plan.output}/profiles",
         "dead_letter_output": plan.dead_letter_output,
@@ -69,8 +70,8 @@ def print_report(summary: dict) -> None:
     if any(summary["deletions"].values()):
         print("deletions: {requested} requested, {applied} applied, {unmatched} matched no stored document, "
               "{duplicate} named a document twice, {invalid} invalid (dead-lettered)".format(**summary["deletions"]))
-    print(f"{summary['documents_per_second']} documents/second ({summary['seconds']} s)  reconciled: "
-          f"{summary['reconciled']}")
+    print(f"{summary['documents_per_second']} documents/second ({summary['seconds']} s, {summary['dtype']})  "
+          f"reconciled: {summary['reconciled']}")
     report_reasons(summary)
     versions = summary["committed"]
     print(f"profiles: {summary['profiles']} (version {versions.get('profiles')})  dead letters: "

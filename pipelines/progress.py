@@ -88,9 +88,14 @@ class _Nothing:
         return None
 
 
+def runs_locally(options) -> bool:
+    """Whether the pipeline's workers run in this process's machine (the in-process runners)."""
+    runner = options.get_all_options().get("runner") if options is not None else None
+    return runner in LOCAL_RUNNERS or str(runner).endswith(LOCAL_RUNNERS[:-1])
+
+
 def report(options, unit: str | None, interval: float = INTERVAL_SECONDS):
     """A context manager: a Reporter on a local runner when `unit` is given, else nothing."""
-    runner = options.get_all_options().get("runner") if options is not None else None
-    if unit and (runner in LOCAL_RUNNERS or str(runner).endswith(LOCAL_RUNNERS[:-1])):
+    if unit and runs_locally(options):
         return Reporter(unit, interval)
     return _Nothing()

@@ -36,12 +36,13 @@ from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from pipelines import faults
 from pipelines.offline import stands_in
+from pipelines.recorded import recorded_dtype
 from pipelines.runtime import CliError
 from schemas import arrow_schema, read_metadata, tensor_column, to_table
 from schemas.arrow import tensor_fields
 from schemas.records import DeadLetter, DocumentCompression, Prediction, Profile
-from schemas.tables import (COMMIT_KEY, TableError, TableVersion, is_legacy, is_table, legacy_shards, resolve_table,
-                            split_version, table_version)
+from schemas.tables import (COMMIT_KEY, TableError, TableVersion, arrow_metadata, is_legacy, is_table, legacy_shards,
+                            resolve_table, split_version, table_version)
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,11 @@ def convert_legacy(table: OutputTable) -> int:
     `python -m pipelines.vacuum`."""
     shards = legacy_shards(table.path)
     record = RECORDS.get(read_metadata(table.schema).get("record"))
-    converted = OutputTable(table.label, table.flag, table.path, table.schema, f"legacy-{table.run_id}")
+    schema = table.schema
+    if "dtype" in table.metadata:  # version 0 records the dtype its shards were computed in, not this run's
+        dtype = recorded_dtype(shards, table.flag)[0]
+        schema = schema.with_metadata({**schema.metadata, **arrow_metadata({**table.metadata, "dtype": dtype})})
+    converted = OutputTable(table.label, table.flag, table.path, schema, f"legacy-{table.run_id}")
     for i, shard in enumerate(shards):
         with FileSystems.open(shard) as f:
             old = pq.read_table(f)
@@ -293,11 +298,11 @@ def convert_legacy(table: OutputTable) -> int:
                 values = tensor_column(old, name)
                 for row, value in zip(rows, values):
                     row[name] = value
-        new = to_table([{k: v for k, v in r.items() if k in table.schema.names} for r in rows], table.schema)
+        new = to_table([{k: v for k, v in r.items() if k in schema.names} for r in rows], schema)
         with FileSystems.create(f"{converted.folder}/{table.label.replace(' ', '_')}-legacy-{i:05d}.parquet") as f:
             pq.write_table(new, f, write_page_checksum=True)
     _commit(converted, add_actions(converted, written_files(converted)), "overwrite",
-            {"run_id": converted.run_id, "table": table.metadata, "converted_from": "CURRENT layout"})
+            {"run_id": converted.run_id, "table": converted.metadata, "converted_from": "CURRENT layout"})
     for pointer in ("CURRENT",):
         path = f"{table.path}/{pointer}"
         if FileSystems.exists(path):
