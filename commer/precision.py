@@ -24,9 +24,36 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+# x86: AVX-512 BF16 (Cooper Lake, Zen 4 and later) or AMX-BF16 (Sapphire Rapids and later); Arm: the BF16
+# extension (Neoverse V1/N2, Graviton 3 and later). Elsewhere PyTorch emulates bfloat16 arithmetic through
+# float32 conversions, slower than float32 itself.
+NATIVE_BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def native_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU does bfloat16 arithmetic in hardware (its /proc/cpuinfo flags, Linux; False where
+    they cannot be read). `cpuinfo`: the file's text, for tests."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and NATIVE_BFLOAT16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
 def default_dtype(device: torch.device | str) -> str:
     """'bfloat16' on CUDA, 'float32' elsewhere (the name ComMer.from_pretrained(dtype=...) takes)."""
     return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+
+
+def emulated_bfloat16(device: str, dtype: str) -> bool:
+    """An explicit bfloat16 on a CPU that would emulate it (slower than float32: worth a warning)."""
+    return dtype == "bfloat16" and torch.device(device).type == "cpu" and not native_bfloat16()
 
 
 def resolve_dtype(dtype: str | None, device: torch.device | str) -> str:

@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device for every model (e.g. cuda).")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="Precision of the ComMer model (compression, scoring, decoding; issue 27's check: "
+                        "training.evaluation.compare_runs pairs a float32 and a bfloat16 run on the same examples).")
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--output", required=True, help="Output folder.")
     p.add_argument("--resume", action="store_true", help="Reuse rows an earlier, interrupted run of the same "
@@ -262,7 +265,7 @@ def run(args) -> dict:
                     len(examples), largest, args.max_examples)
     articles = news.authors_of(args.data, args.split)
     checkpoint = args.checkpoint or default_checkpoint(args.cache_dir)
-    model = ComMer.from_pretrained(checkpoint, cache=args.cache_dir).to(args.device)
+    model = ComMer.from_pretrained(checkpoint, cache=args.cache_dir, dtype=args.dtype).to(args.device)
     skipped: list[str] = []
     planned = plan(args, examples, articles, skipped)
 
@@ -272,7 +275,8 @@ def run(args) -> dict:
     generator = model.config.model_dump(include={"prompt_template", "max_prompt_tokens", "max_answer_tokens"})
     cache = RowCache(folder / "partial", run={
         "data": [str(d) for d in args.data], "examples": [e.example_id for e in examples],
-        "other_documents": args.other_documents, "max_new_tokens": args.max_new_tokens},
+        "other_documents": args.other_documents, "max_new_tokens": args.max_new_tokens,
+        **({"dtype": args.dtype} if args.dtype != "float32" else {})},  # float32 rows cached before --dtype stay valid
         checkpoint={"fingerprint": fingerprint, **generator},
         backbone={"hash": model.identity.content_hash, **generator})
     pools = AuthorPools(model, articles, args.batch_size)  # compresses an author's articles on first use
@@ -303,7 +307,7 @@ def run(args) -> dict:
     header = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python -m training.evaluate_controls " + " ".join(shlex.quote(a) for a in args.argv),
               "checkpoint": checkpoint, "trained": bool(model.config.trained), "fingerprint": model.config.fingerprint,
-              "split": args.split, "examples": len(examples), "authors": len({e.user_id for e in examples}),
+              "split": args.split, "dtype": args.dtype, "examples": len(examples), "authors": len({e.user_id for e in examples}),
               "largest_n": largest,
               "resamples": args.resamples, "seed": args.seed, "no_generate": args.no_generate, "skipped": skipped}
     write_rows(folder / "rows.jsonl", {**header, "rouge": ROUGE_NOTE if any("rougeL" in r for r in rows) else None},
