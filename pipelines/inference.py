@@ -26,7 +26,7 @@ from commer.backbone import resolve_backbone
 from commer.checkpoint import read_config
 from commer.defaults import BUNDLED_TASK_PROMPT
 from commer.model import tokenize_documents
-from commer.precision import resolve, resolve_device
+from commer.precision import emulated_bfloat16, resolve, resolve_device
 from commer.prompting import fit_documents
 from commer.task_prompt import TaskPromptError, load_task_prompt
 from pipelines import faults, progress
@@ -58,6 +58,9 @@ def shared_model(checkpoint: str, backbone: str | None, dtype: str, device: str,
             if device == "cuda" and not torch.cuda.is_available():
                 raise CliError("--device=cuda was given but this worker has no CUDA device; use --device=cpu "
                                "(or auto)")
+            if emulated_bfloat16(device, dtype):
+                log.warning("--dtype bfloat16 on a CPU without native bfloat16 (AVX-512 BF16, AMX or Arm BF16): "
+                            "emulated, slower than float32")
             model = ComMer.from_pretrained(checkpoint, backbone=backbone, dtype=dtype, cache=cache)
             _MODELS[key] = model.to(device).eval()
             log.info("model loaded on %s in %s", device, dtype)
