@@ -6,8 +6,8 @@ backbone is created once in the cache and used instead; its config says trained=
 every job that uses it says so.
 
 Beside it, commer/checkpoints/task_prompt/: the task prompt (prompt tuning without documents,
-commer.task_prompt) trained on the same task for as many steps as the checkpoint's task stage --
-the comparison every profile must beat, and the soft prompt a user without a profile gets.
+commer.task_prompt; 8 soft tokens, 100 news steps at batch 8, as many as the checkpoint's first news
+stage) -- the comparison every profile must beat, and the soft prompt a user without a profile gets.
 """
 from __future__ import annotations
 
