@@ -85,10 +85,10 @@ from pipelines.combiners import AccumulatorFn, unchanged
 from pipelines.compute_dtype import check_dtype, remote_note, run_dtype
 from pipelines.half_life import check_half_life
 from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
-from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, check_unique_users,
-                          explode_compressions, input_table, match, read_records, read_tables, write_dead_letters,
-                          write_tables)
+from pipelines.io import (DEAD, check_fingerprints, check_unique_users, input_table, match, read_records,
+                          read_tables, write_dead_letters, write_tables)
 from pipelines.options import check_batching, dead_letter_folder, parse
+from pipelines.previous_outputs import IN_PROFILE, ExplodePreviousProfiles, explode_compressions
 from pipelines.profile_report import COUNTERS, print_report, summarize
 from pipelines.profile_state import Change, ProfileState, Update, apply_update
 from pipelines.profile_steps import CARRY, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile

@@ -25,7 +25,7 @@ def compressions(n, seed=0):
 
 
 def stored_and_read_back(profile: Profile, half_life) -> PreviousProfile:
-    """Through the Arrow form the job writes, and back as pipelines.io.ExplodePreviousProfiles reads it."""
+    """Through the Arrow form the job writes, and back as pipelines.previous_outputs.ExplodePreviousProfiles reads it."""
     table = to_table([profile], arrow_schema(Profile, SHAPE, {"fingerprint": FP, "half_life_days": half_life}))
     assert read_metadata(table)["half_life_days"] == half_life
     row = table.drop_columns(["soft_prompt_sum", "soft_prompt"]).to_pylist()[0]
