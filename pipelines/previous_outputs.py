@@ -14,7 +14,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipelines.profile_state import Change, PreviousProfile, Update
+from pipelines.profile_accumulator import Change, PreviousProfile, Update
 from pipelines.reconcile import Event
 from pipelines.runtime import InputError, counter
 from schemas import tensor_column
