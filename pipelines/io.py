@@ -4,7 +4,7 @@
                                the layout before Delta), failing early with the flag's name
     check_fingerprints         a table made by another checkpoint is refused before anything runs
     check_unique_users         previous profiles holding a user twice are refused in one line
-    read_records               JSONL lines (bounded reader, pipelines.reading) or Parquet rows → ParseRecords
+    read_records               JSONL lines (bounded reader, pipelines.jsonl_reader) or Parquet rows → ParseRecords
                                → records | dead letters
     ReadParquet                Parquet files → Arrow tables, page checksums verified, a corrupt file one line
     write_tables / write_dead_letters   the sinks: Parquet files (page checksums on) into a table's run folder,
@@ -28,8 +28,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 
 from pipelines import faults, progress
+from pipelines.jsonl_reader import ReadJsonLines
 from pipelines.offline import stands_in
-from pipelines.reading import ReadJsonLines
 from pipelines.runtime import CliError, InputError, counter
 from pipelines.tables import OutputTable, input_version
 from schemas import DeadLetter, read_metadata, to_table
@@ -192,7 +192,7 @@ class ParseRecords(beam.DoFn):
         if isinstance(payload, pa.Table):
             raws = _rows(payload, source)
         else:
-            raws = [payload] if payload.strip() else []  # bytes, or a reading.Oversized marker
+            raws = [payload] if payload.strip() else []  # bytes, or a jsonl_reader Oversized marker
         for raw in raws:
             if self.read is not None:
                 self.read.inc()
@@ -257,7 +257,7 @@ def check_parquet(files: Sequence[str], flag: str) -> None:
 def read_records(p, label: str, files: Sequence[str], parse: Callable, read: str | None, valid: str, dead: str,
                  max_line_bytes: int = DEFAULT_MAX_RECORD_BYTES, flag: str | None = None):
     """(records, dead letters) from JSONL and Parquet files (told apart by extension). JSONL lines go through
-    the bounded reader (pipelines.reading): a line over `max_line_bytes` is never held whole."""
+    the bounded reader (pipelines.jsonl_reader): a line over `max_line_bytes` is never held whole."""
     flag = flag or f"--{label.lower()}"
     check_parquet(files, flag)
     records, dead_letters = [], []
