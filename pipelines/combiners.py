@@ -4,7 +4,7 @@ combiner math in plain code and wraps it once).
 An accumulator has `merge(other)` that folds `other` into itself and leaves `other` untouched
 (Beam's combiner-lifting contract: merge_accumulators may mutate only the first accumulator);
 `add` and `extract` say how a value goes in and what comes out. The arithmetic (commer.metrics'
-Aggregate and Distribution, pipelines.profile_state's ProfileState) is tested without Beam.
+Aggregate and Distribution, pipelines.profile_accumulator's ProfileAccumulator) is tested without Beam.
 """
 from __future__ import annotations
 
@@ -43,5 +43,5 @@ class AccumulatorFn(beam.CombineFn):
 
 
 def unchanged(accumulator):
-    """extract for accumulators that are themselves the result (e.g. ProfileState)."""
+    """extract for accumulators that are themselves the result (e.g. ProfileAccumulator)."""
     return accumulator

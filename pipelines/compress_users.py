@@ -12,7 +12,7 @@ Pipeline (labels as in the Beam graph):
         ▼                                                                removals, carried
     Tokenize ─► GroupByLength ─► SplitBatches (token budget) ─► Compress (RunInference, padded or packed)
         ▼
-    MergeProfiles (CombinePerKey over user_id, profile_state.Update → ProfileState) ─► Finalize ─► WriteProfiles
+    MergeProfiles (CombinePerKey over user_id: Update → ProfileAccumulator) ─► Finalize ─► WriteProfiles
     (--half_life_days and --deletions: users whose deletions cancelled most weight ─► RebuildProfiles)
 
 The launcher resolves --dtype once and hands it to the workers; the tables record it (pipelines.compute_dtype).
@@ -85,12 +85,12 @@ from pipelines.combiners import AccumulatorFn, unchanged
 from pipelines.compute_dtype import check_dtype, remote_note, run_dtype
 from pipelines.half_life import check_half_life
 from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
-from pipelines.io import (DEAD, IN_PROFILE, ExplodePreviousProfiles, check_fingerprints, check_unique_users,
-                          explode_compressions, input_table, match, read_records, read_tables, write_dead_letters,
-                          write_tables)
+from pipelines.io import (DEAD, check_fingerprints, check_unique_users, input_table, match, read_records,
+                          read_tables, write_dead_letters, write_tables)
 from pipelines.options import check_batching, dead_letter_folder, parse
+from pipelines.previous_outputs import IN_PROFILE, ExplodePreviousProfiles, explode_compressions
 from pipelines.profile_report import COUNTERS, print_report, summarize
-from pipelines.profile_state import Change, ProfileState, Update, apply_update
+from pipelines.profile_accumulator import Change, ProfileAccumulator, Update, apply_update
 from pipelines.profile_steps import CARRY, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
 from pipelines.reconcile import Event
 from pipelines.rejections import Stream, check_run, top_reasons
@@ -240,7 +240,7 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan, tables: 
     states.append(compressed | "KeyAdditions" >> beam.Map(lambda x: (x[0], Update(Change.ADD, x[1], x[2],
                                                                                   created_at=x[3]))))
     final = (states | "FlattenStates" >> beam.Flatten()
-             | "MergeProfiles" >> beam.CombinePerKey(AccumulatorFn(partial(ProfileState, plan.half_life_days),
+             | "MergeProfiles" >> beam.CombinePerKey(AccumulatorFn(partial(ProfileAccumulator, plan.half_life_days),
                                                                    apply_update, unchanged))
              | "Finalize" >> beam.ParDo(Finalize(plan.fingerprint, plan.now, can_rebuild)).with_outputs(
                  REBUILD, main="kept"))

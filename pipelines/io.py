@@ -4,10 +4,9 @@
                                the layout before Delta), failing early with the flag's name
     check_fingerprints         a table made by another checkpoint is refused before anything runs
     check_unique_users         previous profiles holding a user twice are refused in one line
-    read_records               JSONL lines (bounded reader, pipelines.reading) or Parquet rows → ParseRecords
+    read_records               JSONL lines (bounded reader, pipelines.jsonl_reader) or Parquet rows → ParseRecords
                                → records | dead letters
     ReadParquet                Parquet files → Arrow tables, page checksums verified, a corrupt file one line
-    ExplodePreviousProfiles / explode_compressions   a previous run's tables → keyed inputs (checked first)
     write_tables / write_dead_letters   the sinks: Parquet files (page checksums on) into a table's run folder,
                                committed by the launcher (pipelines.tables)
 """
@@ -15,13 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,24 +28,18 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 
 from pipelines import faults, progress
+from pipelines.jsonl_reader import ReadJsonLines
 from pipelines.offline import stands_in
-from pipelines.profile_state import Change, PreviousProfile, Update
-from pipelines.reading import ReadJsonLines
-from pipelines.reconcile import Event
 from pipelines.runtime import CliError, InputError, counter
 from pipelines.tables import OutputTable, input_version
-from schemas import DeadLetter, read_metadata, tensor_column, to_table
+from schemas import DeadLetter, read_metadata, to_table
 from schemas.tables import TableVersion, is_legacy, legacy_shards, split_version
 from schemas.validation import DEFAULT_MAX_RECORD_BYTES, dead_letter_json, parse_record, row_dead_letter
 
 log = logging.getLogger(__name__)
 
 DEAD = "dead"
-IN_PROFILE = "in_profile"
 TABLES = {"Profile": "profiles", "DocumentCompression": "document compressions", "Prediction": "predictions"}
-# A stored soft prompt or compression with a value beyond this is not one a model wrote (hidden states stay
-# many orders of magnitude below; a bit flip in an exponent does not): the table is refused, never carried.
-MAGNITUDE_BOUND = 1e6
 
 
 def _glob(pattern: str) -> list[str]:
@@ -201,7 +192,7 @@ class ParseRecords(beam.DoFn):
         if isinstance(payload, pa.Table):
             raws = _rows(payload, source)
         else:
-            raws = [payload] if payload.strip() else []  # bytes, or a reading.Oversized marker
+            raws = [payload] if payload.strip() else []  # bytes, or a jsonl_reader Oversized marker
         for raw in raws:
             if self.read is not None:
                 self.read.inc()
@@ -266,7 +257,7 @@ def check_parquet(files: Sequence[str], flag: str) -> None:
 def read_records(p, label: str, files: Sequence[str], parse: Callable, read: str | None, valid: str, dead: str,
                  max_line_bytes: int = DEFAULT_MAX_RECORD_BYTES, flag: str | None = None):
     """(records, dead letters) from JSONL and Parquet files (told apart by extension). JSONL lines go through
-    the bounded reader (pipelines.reading): a line over `max_line_bytes` is never held whole."""
+    the bounded reader (pipelines.jsonl_reader): a line over `max_line_bytes` is never held whole."""
     flag = flag or f"--{label.lower()}"
     check_parquet(files, flag)
     records, dead_letters = [], []
@@ -290,56 +281,6 @@ def read_tables(p, label: str, files: Sequence[str], flag: str, columns: Sequenc
     """A previous run's table files → Arrow tables (one per row group), checksums verified."""
     return (p | f"List{label}" >> beam.Create(list(files)) | f"Spread{label}" >> beam.Reshuffle()
             | f"Read{label}" >> beam.ParDo(ReadParquet(flag, columns, with_filename=False)))
-
-
-# ---- a previous run's tables, as compress_users' keyed inputs ----------------------------
-
-def check_stored(values: np.ndarray, what: str, bound: float) -> None:
-    """Stored vectors are finite and within `bound`, or the table is refused (InputError, one line)."""
-    if values.size and not (np.isfinite(values).all() and float(np.abs(values).max()) <= bound):
-        raise InputError(f"{what} holds a non-finite value or one beyond {bound:g}: the stored table is corrupt; "
-                         "read an earlier version (PATH@VERSION) or rebuild it with a full run")
-
-
-class ExplodePreviousProfiles(beam.DoFn):
-    """A table of previous profiles → the user's Update(PREVIOUS) and an IN_PROFILE event per doc_id.
-    Each profile is checked first: finite, within MAGNITUDE_BOUND, its mean its sum over its weight,
-    its doc_ids as many as its doc_count (a corrupt table is refused, never carried into new profiles)."""
-
-    def __init__(self, flag: str = "--previous_profiles"):
-        self.flag = flag
-        self.read = counter("previous_profiles_read")
-
-    def process(self, table: pa.Table):
-        sums, prompts = tensor_column(table, "soft_prompt_sum"), tensor_column(table, "soft_prompt")
-        # Every scalar column: the recency state's too (files written before it have none: plain means).
-        for i, row in enumerate(table.drop_columns(["soft_prompt_sum", "soft_prompt"]).to_pylist()):
-            self.read.inc()
-            check_profile(row, sums[i], prompts[i], self.flag)
-            previous = PreviousProfile.from_row(row, sums[i], prompts[i])
-            yield row["user_id"], Update(Change.PREVIOUS, previous=previous)
-            for doc_id in previous.doc_ids:
-                yield beam.pvalue.TaggedOutput(IN_PROFILE, ((row["user_id"], doc_id), Event.in_profile()))
-
-
-def check_profile(row: dict, total: np.ndarray, soft_prompt: np.ndarray, flag: str) -> None:
-    where = f"{flag}: the profile of user {row.get('user_id')!r}"
-    weight = row.get("recency_weight") if row.get("recency_weight") is not None else row.get("doc_count")
-    doc_ids = row.get("doc_ids") or []
-    if row.get("doc_count") != len(doc_ids) or weight is None or not math.isfinite(weight) or weight < 0:
-        raise InputError(f"{where} is inconsistent (doc_count {row.get('doc_count')}, {len(doc_ids)} doc_ids, "
-                         f"weight {weight}): the stored table is corrupt; read an earlier version (PATH@VERSION) "
-                         "or rebuild it with a full run")
-    check_stored(np.asarray(soft_prompt, dtype=np.float64), f"{where} (soft_prompt)", MAGNITUDE_BOUND)
-    check_stored(np.asarray(total, dtype=np.float64), f"{where} (soft_prompt_sum)",
-                 MAGNITUDE_BOUND * max(float(weight), 1.0))
-
-
-def explode_compressions(table: pa.Table, flag: str = "--previous_document_compressions"):
-    comps = tensor_column(table, "compression")
-    check_stored(np.asarray(comps, dtype=np.float64), f"{flag}: a stored compression", MAGNITUDE_BOUND)
-    for i, row in enumerate(table.drop_columns(["compression"]).to_pylist()):  # created_at: none before version 2
-        yield (row["user_id"], row["doc_id"]), Event.stored(comps[i], row.get("created_at"))
 
 
 # ---- the sinks --------------------------------------------------------------------------

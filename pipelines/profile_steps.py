@@ -1,11 +1,11 @@
-"""The main job's per-document and per-user steps around pipelines.reconcile and pipelines.profile_state.
+"""The main job's per-document and per-user steps around pipelines.reconcile and pipelines.profile_accumulator.
 
     Reconcile        one (user_id, doc_id)'s events → compress (dated) | REMOVE | CARRY | duplicates (DEAD)
-    Finalize         one user's merged ProfileState → Profile | REBUILD | dropped
+    Finalize         one user's merged ProfileAccumulator → Profile | REBUILD | dropped
     RebuildProfiles  the rare users whose recency state deletions cancelled (Finalize's REBUILD), recomputed
                      from their documents' compressions (the run's additions and the carried stored ones)
 
-The decisions and the arithmetic are Beam-free (reconcile.decide, profile_state); these wrap them
+The decisions and the arithmetic are Beam-free (reconcile.decide, profile_accumulator); these wrap them
 with counters and tagged outputs. Every element of the document streams is
 (user_id, doc_id, K×d compression, effective created_at).
 """
@@ -16,7 +16,7 @@ from datetime import datetime
 import apache_beam as beam
 
 from pipelines.io import DEAD
-from pipelines.profile_state import Change, Rebuild, StateError, Update, rebuild_profile
+from pipelines.profile_accumulator import Change, Rebuild, StateError, Update, rebuild_profile
 from pipelines.reconcile import Deletion, dated, decide
 from pipelines.runtime import counters
 from schemas.validation import duplicate_letter
@@ -58,7 +58,7 @@ class Reconcile(beam.DoFn):
 
 
 class Finalize(beam.DoFn):
-    """(user_id, ProfileState) → the Profile, or a Rebuild on REBUILD (counted as written and updated).
+    """(user_id, ProfileAccumulator) → the Profile, or a Rebuild on REBUILD (counted as written and updated).
 
     Only a run with deletions can need a rebuild (additions alone never lower the weight left per weight
     ever added), so the job wires RebuildProfiles only then; `can_rebuild=False` makes a Rebuild an

@@ -16,8 +16,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.io import ReadParquet, check_parquet, match
+from pipelines.jsonl_reader import ReadJsonLines
 from pipelines.offline import stands_in
-from pipelines.reading import ReadJsonLines
 from pipelines.runtime import CliError, counters
 from schemas.validation import DEFAULT_MAX_RECORD_BYTES, decode_line
 

@@ -45,7 +45,7 @@ def test_every_hostile_record_ends_in_a_profile_or_a_named_dead_letter(tmp_path:
 def test_bounded_reader_splits_ranges_exactly_and_never_holds_a_long_line(tmp_path: Path):
     import random
 
-    from pipelines.reading import read_lines
+    from pipelines.jsonl_reader import read_lines
     from schemas.validation import Oversized
     rng = random.Random(0)
     for trial in range(200):

@@ -12,7 +12,7 @@ from commer.merge import merge_all
 from commer.recency import recency_merge_all
 from pipelines import compress_users
 from delta_helpers import files as table_files
-from pipelines.profile_state import PreviousProfile, ProfileState, StateError
+from pipelines.profile_accumulator import PreviousProfile, ProfileAccumulator, StateError
 from pipelines.profile_steps import Finalize
 from pipelines.runtime import CliError
 from schemas import DocumentCompression, read_metadata, read_parquet, from_table
@@ -180,10 +180,10 @@ def test_the_rebuild_branch_builds_for_dataflow(nights, tiny_checkpoint, commer_
 def test_a_rebuild_where_none_is_wired_fails_rather_than_drop_the_user():
     dates = [datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 3, 1, tzinfo=UTC)]
     comps = np.ones((2, 4, 8), np.float32) * np.array([1, 3], np.float32)[:, None, None]
-    base = ProfileState(1.0).add("a", comps[0], dates[0]).add("b", comps[1], dates[1])
+    base = ProfileAccumulator(1.0).add("a", comps[0], dates[0]).add("b", comps[1], dates[1])
     stored = base.finalize("u", "fp", dates[1])
     previous = PreviousProfile.from_row(stored.model_dump(), stored.soft_prompt_sum, stored.soft_prompt)
-    state = ProfileState(1.0).set_previous(previous).remove("b", comps[1], dates[1])
+    state = ProfileAccumulator(1.0).set_previous(previous).remove("b", comps[1], dates[1])
     assert [type(x).__name__ for x in Finalize("fp", dates[1]).process(("u", state))] == ["TaggedOutput"]
     with pytest.raises(StateError, match="'u' must be rebuilt"):
         list(Finalize("fp", dates[1], can_rebuild=False).process(("u", state)))

@@ -49,3 +49,29 @@ def test_one_counter_namespace_one_filesystem_layer_one_parse_dofn_one_combinefn
                     assert file == "combiners.py", f"{file}.{node.name}: use combiners.AccumulatorFn"
                 if "beam.DoFn" in bases and node.name.startswith("Parse"):
                     assert (file, node.name) == ("io.py", "ParseRecords"), f"{file}.{node.name}: use io.ParseRecords"
+
+
+# One job's own steps and the Beam-free logic under them (issue 25): the shared io.py reads and writes for
+# every job and imports none of them (compress_users' previous tables are read back in previous_outputs.py).
+JOB_ONLY = {"previous_outputs", "profile_steps", "profile_accumulator", "reconcile", "profile_report",
+            "retrieved_merge", "references"}
+
+
+def _pipelines_imports(tree) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "pipelines":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines."):
+            found.add(node.module.split(".", 1)[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("pipelines.")}
+    return found
+
+
+def test_shared_io_holds_no_one_jobs_steps():
+    assert all((PIPELINES / f"{name}.py").exists() for name in JOB_ONLY), "JOB_ONLY names a module that is gone"
+    wrong = _pipelines_imports(_trees()["io.py"]) & JOB_ONLY
+    assert not wrong, f"pipelines/io.py imports one job's steps {sorted(wrong)}: keep them in that job's modules"
+    assert _pipelines_imports(ast.parse("from pipelines.reconcile import Event\nfrom pipelines import references\n")) \
+        == {"reconcile", "references"}  # the check can fail

@@ -250,11 +250,11 @@ def run(args) -> dict:
         compressions.append(flat[at: at + len(s.profile)])
         at += len(s.profile)
 
-    plan = [("none", None, None), (REFERENCE, None, compressions)]
-    plan += [(f"h={h:g}", h, compressions) for h in args.half_lives]
+    settings = [("none", None, None), (REFERENCE, None, compressions)]
+    settings += [(f"h={h:g}", h, compressions) for h in args.half_lives]
     rows = []
-    for i, (label, half_life, comps) in enumerate(plan, 1):
-        print(f"[{i}/{len(plan)}] {label}", file=sys.stderr, flush=True)
+    for i, (label, half_life, comps) in enumerate(settings, 1):
+        print(f"[{i}/{len(settings)}] {label}", file=sys.stderr, flush=True)
         rows.append(score_setting(model, label, half_life, splits, comps, args.batch_size))
     author_bootstrap(rows, rows[1], len(splits), args.queries_per_author, args.resamples, args.seed)
 

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from pipelines.profile_state import PreviousProfile, ProfileState, StateError
+from pipelines.profile_accumulator import PreviousProfile, ProfileAccumulator, StateError
 from schemas import Profile, arrow_schema, from_table, to_table
 
 FP = "fp-test"
@@ -42,7 +42,7 @@ def test_thirty_chained_refreshes_with_deletions_equal_a_full_recompute():
     previous = None
     rng = np.random.default_rng(1)
     for night in range(30):
-        state = ProfileState()
+        state = ProfileAccumulator()
         if previous is not None:
             state.set_previous(previous)
         for doc_id in ids[night * 12:(night + 1) * 12]:
@@ -62,26 +62,26 @@ def test_merge_is_order_free_and_mutates_only_the_first():
     comps = compressions(9)
     parts = []
     for chunk in (["d0", "d1", "d2"], ["d3", "d4"], ["d5", "d6", "d7", "d8"]):
-        s = ProfileState()
+        s = ProfileAccumulator()
         for k in chunk:
             s.add(k, comps[k])
         parts.append(s)
     second_before = parts[1].added.total.copy()
-    a = ProfileState().merge(parts[0]).merge(parts[1]).merge(parts[2]).finalize("u", FP, T0)
+    a = ProfileAccumulator().merge(parts[0]).merge(parts[1]).merge(parts[2]).finalize("u", FP, T0)
     assert np.array_equal(parts[1].added.total, second_before)
-    b = ProfileState().merge(parts[2]).merge(parts[0]).merge(parts[1]).finalize("u", FP, T0)
+    b = ProfileAccumulator().merge(parts[2]).merge(parts[0]).merge(parts[1]).finalize("u", FP, T0)
     np.testing.assert_allclose(a.soft_prompt, b.soft_prompt, rtol=1e-6)
     np.testing.assert_allclose(a.soft_prompt, full(comps), rtol=1e-5, atol=1e-6)
 
 
 def test_removal_may_arrive_before_the_previous_profile():
     comps = compressions(3)
-    base = ProfileState()
+    base = ProfileAccumulator()
     for k, v in comps.items():
         base.add(k, v)
     previous = roundtrip(base.finalize("u", FP, T0))
-    removal = ProfileState().remove("d1", comps["d1"])
-    merged = removal.merge(ProfileState().set_previous(previous))
+    removal = ProfileAccumulator().remove("d1", comps["d1"])
+    merged = removal.merge(ProfileAccumulator().set_previous(previous))
     profile = merged.finalize("u", FP, datetime(2026, 2, 1, tzinfo=timezone.utc))
     assert profile.doc_ids == ["d0", "d2"]
     np.testing.assert_allclose(profile.soft_prompt, full({k: comps[k] for k in ("d0", "d2")}), rtol=1e-5, atol=1e-6)
@@ -89,15 +89,15 @@ def test_removal_may_arrive_before_the_previous_profile():
 
 def test_untouched_profile_is_carried_bit_for_bit_and_empty_user_dropped():
     comps = compressions(2)
-    base = ProfileState()
+    base = ProfileAccumulator()
     for k, v in comps.items():
         base.add(k, v)
     previous = roundtrip(base.finalize("u", FP, T0))
-    carried = ProfileState().set_previous(previous).finalize("u", FP, datetime(2030, 1, 1, tzinfo=timezone.utc))
+    carried = ProfileAccumulator().set_previous(previous).finalize("u", FP, datetime(2030, 1, 1, tzinfo=timezone.utc))
     assert carried.updated_at == T0
     assert np.array_equal(carried.soft_prompt, previous.soft_prompt)
     assert np.array_equal(carried.soft_prompt_sum, previous.total)
-    emptied = ProfileState().set_previous(previous)
+    emptied = ProfileAccumulator().set_previous(previous)
     for k, v in comps.items():
         emptied.remove(k, v)
     assert emptied.finalize("u", FP, T0) is None
@@ -105,21 +105,21 @@ def test_untouched_profile_is_carried_bit_for_bit_and_empty_user_dropped():
 
 def test_inconsistent_inputs_are_refused():
     comps = compressions(2)
-    base = ProfileState().add("d0", comps["d0"])
+    base = ProfileAccumulator().add("d0", comps["d0"])
     previous = roundtrip(base.finalize("u", FP, T0))
     with pytest.raises(StateError, match="twice"):
-        ProfileState().set_previous(previous).set_previous(previous)
+        ProfileAccumulator().set_previous(previous).set_previous(previous)
     with pytest.raises(StateError, match="already in the profile"):
-        ProfileState().set_previous(previous).add("d0", comps["d0"]).finalize("u", FP, T0)
+        ProfileAccumulator().set_previous(previous).add("d0", comps["d0"]).finalize("u", FP, T0)
     with pytest.raises(StateError, match="fingerprint"):
-        ProfileState().set_previous(previous).finalize("u", "another-fp", T0)
+        ProfileAccumulator().set_previous(previous).finalize("u", "another-fp", T0)
     with pytest.raises(StateError, match="not in the previous profile"):
-        ProfileState().set_previous(previous).remove("d9", comps["d1"]).finalize("u", FP, T0)
+        ProfileAccumulator().set_previous(previous).remove("d9", comps["d1"]).finalize("u", FP, T0)
 
 
 def test_a_user_twice_in_previous_profiles_is_named():
     """Issue 15: the user id used to be lost on the way to the message (user '')."""
     previous = PreviousProfile(np.zeros((1, 2)), ["d"], np.zeros((1, 2), np.float32), None, "fp", user_id="u7")
-    state = ProfileState().set_previous(previous)
+    state = ProfileAccumulator().set_previous(previous)
     with pytest.raises(StateError, match="'u7'"):
-        state.merge(ProfileState().set_previous(previous))
+        state.merge(ProfileAccumulator().set_previous(previous))

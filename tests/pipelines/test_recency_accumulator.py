@@ -1,4 +1,4 @@
-"""Recency-weighted profile state (issue 16) on the Beam-free path the job takes: ProfileState, finalize,
+"""Recency-weighted profile state (issue 16) on the Beam-free path the job takes: ProfileAccumulator, finalize,
 the stored row read back as ExplodePreviousProfiles reads it, the next night. No Beam, no model."""
 from datetime import datetime, timedelta, timezone
 
@@ -8,7 +8,7 @@ import pytest
 
 from commer.merge import SumCount
 from commer.recency import HalfLifeMismatchError, recency_merge_all
-from pipelines.profile_state import PreviousProfile, ProfileState, Rebuild, StateError, rebuild_profile
+from pipelines.profile_accumulator import PreviousProfile, ProfileAccumulator, Rebuild, StateError, rebuild_profile
 from pipelines.reconcile import dated
 from schemas import Profile, arrow_schema, from_table, read_metadata, tensor_column, to_table
 from schemas.validation import ValidDocument
@@ -25,7 +25,7 @@ def compressions(n, seed=0):
 
 
 def stored_and_read_back(profile: Profile, half_life) -> PreviousProfile:
-    """Through the Arrow form the job writes, and back as pipelines.io.ExplodePreviousProfiles reads it."""
+    """Through the Arrow form the job writes, and back as previous_outputs.ExplodePreviousProfiles reads it."""
     table = to_table([profile], arrow_schema(Profile, SHAPE, {"fingerprint": FP, "half_life_days": half_life}))
     assert read_metadata(table)["half_life_days"] == half_life
     row = table.drop_columns(["soft_prompt_sum", "soft_prompt"]).to_pylist()[0]
@@ -46,7 +46,7 @@ def test_thirty_nights_with_decay_and_deletions_equal_a_full_recompute():
     rng = np.random.default_rng(1)
     for night in range(30):
         now = T0 + timedelta(days=night, hours=2)
-        state = ProfileState(half_life)
+        state = ProfileAccumulator(half_life)
         if previous is not None:
             state.set_previous(previous)
         for j, doc_id in enumerate(ids[night * 12:(night + 1) * 12]):
@@ -72,7 +72,7 @@ def test_thirty_nights_with_decay_and_deletions_equal_a_full_recompute():
 def test_no_half_life_is_bit_for_bit_the_plain_sum_count():
     comps = compressions(9)
     previous_sum = SumCount()
-    state = ProfileState()
+    state = ProfileAccumulator()
     for k in list(comps)[:6]:
         state.add(k, comps[k], T0)
         previous_sum.add(comps[k])
@@ -82,7 +82,7 @@ def test_no_half_life_is_bit_for_bit_the_plain_sum_count():
     assert profile.recency_half_life_days is None and profile.recency_reference_time is None
     assert profile.recency_weight == 6.0 and profile.recency_anchor == 0
 
-    refresh = ProfileState().set_previous(stored_and_read_back(profile, None))
+    refresh = ProfileAccumulator().set_previous(stored_and_read_back(profile, None))
     added, removed = SumCount(), SumCount()
     for k in list(comps)[6:]:
         refresh.add(k, comps[k], T0 + timedelta(days=400))  # dates are ignored by the plain mean
@@ -112,23 +112,23 @@ def test_a_file_in_the_old_layout_reads_as_a_plain_mean():
     previous = PreviousProfile.from_row(row, tensor_column(old, "soft_prompt_sum")[0],
                                         tensor_column(old, "soft_prompt")[0])
     new = compressions(4, seed=5)["d003"]
-    refreshed = ProfileState().set_previous(previous).add("new", new, T0).finalize("u", FP, T0)
+    refreshed = ProfileAccumulator().set_previous(previous).add("new", new, T0).finalize("u", FP, T0)
     np.testing.assert_allclose(refreshed.soft_prompt, (total + new) / 4, rtol=1e-6)
-    carried = ProfileState().set_previous(previous).finalize("u", FP, T0)
+    carried = ProfileAccumulator().set_previous(previous).finalize("u", FP, T0)
     assert np.array_equal(carried.soft_prompt, previous.soft_prompt) and carried.updated_at == T0
     with pytest.raises(HalfLifeMismatchError, match="'u'"):
-        ProfileState(30.0).set_previous(previous).add("new", new, T0).finalize("u", FP, T0)
+        ProfileAccumulator(30.0).set_previous(previous).add("new", new, T0).finalize("u", FP, T0)
 
 
 def test_deletions_that_cancel_most_weight_ask_for_a_rebuild_that_is_exact():
     comps = compressions(3)
     dates = {"d000": datetime(2020, 1, 1, tzinfo=timezone.utc), "d001": datetime(2020, 1, 2, tzinfo=timezone.utc),
              "d002": datetime(2020, 3, 1, tzinfo=timezone.utc)}  # 60 half-lives newer than the others
-    base = ProfileState(1.0)
+    base = ProfileAccumulator(1.0)
     for k in comps:
         base.add(k, comps[k], dates[k])
     previous = stored_and_read_back(base.finalize("u", FP, T0), 1.0)
-    deleting = ProfileState(1.0).set_previous(previous).remove("d002", comps["d002"], dates["d002"])
+    deleting = ProfileAccumulator(1.0).set_previous(previous).remove("d002", comps["d002"], dates["d002"])
     result = deleting.finalize("u", FP, T0)
     assert result == Rebuild("u", ("d000", "d001"))
     kept = [(k, comps[k], dates[k]) for k in ("d001", "d000")]
@@ -156,9 +156,9 @@ def test_documents_are_dated_by_rule_and_counted():
 
 def test_a_run_clock_behind_the_previous_run_keeps_the_reference():
     comps = compressions(2)
-    first = ProfileState(30.0).add("d000", comps["d000"], T0).finalize("u", FP, T0 + timedelta(days=2))
+    first = ProfileAccumulator(30.0).add("d000", comps["d000"], T0).finalize("u", FP, T0 + timedelta(days=2))
     behind = T0 + timedelta(days=1)
-    again = ProfileState(30.0).set_previous(stored_and_read_back(first, 30.0)).add("d001", comps["d001"], behind)
+    again = ProfileAccumulator(30.0).set_previous(stored_and_read_back(first, 30.0)).add("d001", comps["d001"], behind)
     profile = again.finalize("u", FP, behind)
     assert profile.recency_reference_time == T0 + timedelta(days=2) and profile.updated_at == behind
     expected = (comps["d000"].astype(np.float64) + 2 ** (1 / 30) * comps["d001"]) / (1 + 2 ** (1 / 30))

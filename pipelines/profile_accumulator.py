@@ -1,4 +1,5 @@
-"""A user's profile state during a run: previous profile + added − removed. Plain numpy, no Beam.
+"""A user's profile accumulator during a run (MergeProfiles' CombineFn accumulator): previous profile + added
+− removed. Plain numpy, no Beam.
 
 Profile state stored between runs (see schemas.Profile): the float64 (recency-weighted) sum of
 the user's document compressions, its total weight, the sorted doc_ids merged into it, and the
@@ -79,7 +80,7 @@ class Rebuild:
 
 
 @dataclass
-class ProfileState:
+class ProfileAccumulator:
     """Accumulator for one user: mutable, merged in place."""
 
     half_life_days: float | None = None
@@ -93,14 +94,14 @@ class ProfileState:
         self.added = self.added or RecencyState(self.half_life_days)
         self.removed = self.removed or RecencyState(self.half_life_days)
 
-    def set_previous(self, previous: PreviousProfile, user_id: str = "") -> "ProfileState":
+    def set_previous(self, previous: PreviousProfile, user_id: str = "") -> "ProfileAccumulator":
         if self.previous is not None:
             raise StateError(f"user {user_id or previous.user_id!r} appears twice in --previous_profiles")
         self.previous = previous
         return self
 
     def add(self, doc_id: str, compression: np.ndarray, created_at: datetime | None = None,
-            user_id: str = "") -> "ProfileState":
+            user_id: str = "") -> "ProfileAccumulator":
         """A newly compressed document, with the effective created_at it is weighted with."""
         if doc_id in self.added_ids:
             raise StateError(f"document {doc_id!r} of user {user_id!r} was compressed twice in one run")
@@ -109,7 +110,7 @@ class ProfileState:
         return self
 
     def remove(self, doc_id: str, compression: np.ndarray, created_at: datetime | None = None,
-               user_id: str = "") -> "ProfileState":
+               user_id: str = "") -> "ProfileAccumulator":
         """A deleted document: its stored compression and the created_at it was added with."""
         if doc_id in self.removed_ids:
             raise StateError(f"document {doc_id!r} of user {user_id!r} was removed twice in one run")
@@ -117,7 +118,7 @@ class ProfileState:
         self.removed_ids.add(doc_id)
         return self
 
-    def merge(self, other: "ProfileState", user_id: str = "") -> "ProfileState":
+    def merge(self, other: "ProfileAccumulator", user_id: str = "") -> "ProfileAccumulator":
         """Fold `other` into self; `other` is left untouched (Beam's combiner-lifting contract)."""
         if other.previous is not None:
             self.set_previous(other.previous, user_id)
@@ -200,7 +201,7 @@ class Change(enum.Enum):
 
 @dataclass(frozen=True)
 class Update:
-    """One input of a user's ProfileState: typed, so the merge never dispatches on strings."""
+    """One input of a user's ProfileAccumulator: typed, so the merge never dispatches on strings."""
 
     change: Change
     doc_id: str = ""
@@ -209,7 +210,7 @@ class Update:
     created_at: datetime | None = None  # ADD / REMOVE: the effective created_at (the document's weight)
 
 
-def apply_update(state: ProfileState, update: Update) -> ProfileState:
+def apply_update(state: ProfileAccumulator, update: Update) -> ProfileAccumulator:
     """Fold one Update into a user's state (the CombineFn's add_input)."""
     if update.change is Change.PREVIOUS:
         return state.set_previous(update.previous)
