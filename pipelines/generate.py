@@ -280,9 +280,9 @@ def main(argv: list[str]) -> int:
     write_json(f"{output}/run_summary.json", summary)
     if refused:
         raise refused
+    task = f", {summary['predictions_task_prompt']} of them with the task prompt" if summary["predictions_task_prompt"] else ""
     print(f"queries: {read} read, {answered} answered ({summary['predictions_personalized']} personalized, "
-          f"{summary['predictions_not_personalized']} not, {summary['predictions_task_prompt']} of them with the task "
-          f"prompt), {rejected} dead-lettered, {duplicates} duplicates  "
+          f"{summary['predictions_not_personalized']} not{task}), {rejected} dead-lettered, {duplicates} duplicates  "
           f"({seconds:.1f} s)")
     for line in merge_report(summary["merge"], answered):
         print(line)
