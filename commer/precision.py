@@ -7,7 +7,8 @@ half the memory); float32 everywhere else. On a CPU with native bfloat16 compres
 (benchmarks/RESULTS.md section 9), but the quality gate for choosing it automatically failed on the
 default checkpoint (own-4 perplexity +0.15%, beyond noise; README, 'bfloat16 on CPU'), so there it stays
 an explicit --dtype bfloat16; where bfloat16 is emulated it is slower than float32. An explicit device
-or dtype (a flag) always wins. The compressions' deviation from float32 is measured by `python -m benchmarks.compression_forward --dtypes float32,bfloat16`.
+or dtype (a flag) always wins. The compressions' deviation from float32 is measured by
+`python -m benchmarks.compression_forward --dtypes float32,bfloat16`.
 """
 from __future__ import annotations
 
