@@ -75,7 +75,7 @@ class Batching(BaseModel):
 
 
 def split_batches(element, batching: Batching, budget: int, window_batches: int = SORT_WINDOW_BATCHES):
-    """A length bucket's documents → batches of at most `budget` positions (commer.packing.plan_batches).
+    """A length bucket's TokenizedDocuments → batches of at most `budget` positions (commer.packing.plan_batches).
 
     A bucket still spans `length_bucket_tokens` lengths, so batches cut in arrival order would pad
     every row up to the longest in the batch. Planning windows of `window_batches` budgets sorted
@@ -92,7 +92,7 @@ def split_batches(element, batching: Batching, budget: int, window_batches: int 
     positions = 0
     for doc in docs:
         window.append(doc)
-        positions += cost(len(doc[2]), batching.K)
+        positions += cost(len(doc.token_ids), batching.K)
         if positions >= budget * window_batches:
             yield from _planned_batches(window, batching, budget)
             window, positions = [], 0
@@ -102,15 +102,15 @@ def split_batches(element, batching: Batching, budget: int, window_batches: int 
 def _planned_batches(docs: list, batching: Batching, budget: int):
     if not docs:
         return
-    docs.sort(key=lambda x: (len(x[2]), x[0], x[1]))  # a total order: reruns form the same batches
+    docs.sort(key=lambda d: (len(d.token_ids), d.user_id, d.doc_id))  # a total order: reruns form the same batches
     cap = batching.max_batch_documents
-    for planned in plan_batches([len(x[2]) for x in docs], budget, batching.K, padded=not batching.packed):
+    for planned in plan_batches([len(doc.token_ids) for doc in docs], budget, batching.K, padded=not batching.packed):
         for start in range(0, len(planned), cap or len(planned)):
             yield [docs[i] for i in planned[start: start + (cap or len(planned))]]
 
 
 def padding_tokens(batch, packed: bool) -> int:
-    """Padding tokens a batch of (user_id, doc_id, token ids) costs the model: none when packed."""
+    """Padding tokens a batch of TokenizedDocuments costs the model: none when packed."""
     if packed:
         return 0
-    return len(batch) * max(len(x[2]) for x in batch) - sum(len(x[2]) for x in batch)
+    return len(batch) * max(len(doc.token_ids) for doc in batch) - sum(len(doc.token_ids) for doc in batch)

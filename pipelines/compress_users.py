@@ -237,8 +237,8 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan, tables: 
                   | "Compress" >> RunInference(handler)
                   | "Unbatch" >> beam.FlatMap(unbatch))
     can_rebuild = plan.half_life_days is not None and bool(plan.deletion_files)
-    states.append(compressed | "KeyAdditions" >> beam.Map(lambda x: (x[0], Update(Change.ADD, x[1], x[2],
-                                                                                  created_at=x[3]))))
+    states.append(compressed | "KeyAdditions" >> beam.Map(lambda c: (c.user_id, Update(
+        Change.ADD, c.doc_id, c.compression, created_at=c.created_at))))
     final = (states | "FlattenStates" >> beam.Flatten()
              | "MergeProfiles" >> beam.CombinePerKey(AccumulatorFn(partial(ProfileAccumulator, plan.half_life_days),
                                                                    apply_update, unchanged))
@@ -253,9 +253,10 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan, tables: 
     write_tables(profiles, "Profiles", tables["profiles"], options.profiles_per_table)
     if plan.document_compressions_output:
         records = ((compressed, reconciled[CARRY]) | "FlattenCompressions" >> beam.Flatten()
-                   | "CompressionRecords" >> beam.MapTuple(
-                       lambda user_id, doc_id, comp, when, fp=plan.fingerprint: DocumentCompression(
-                           user_id=user_id, doc_id=doc_id, compression=comp, model_fingerprint=fp, created_at=when)))
+                   | "CompressionRecords" >> beam.Map(
+                       lambda c, fp=plan.fingerprint: DocumentCompression(
+                           user_id=c.user_id, doc_id=c.doc_id, compression=c.compression, model_fingerprint=fp,
+                           created_at=c.created_at)))
         write_tables(records, "Compressions", tables["document compressions"], 1024)
     write_dead_letters(dead_letters, tables["dead letters"])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -31,6 +31,7 @@ from commer.prompting import fit_documents
 from commer.task_prompt import TaskPromptError, load_task_prompt
 from pipelines import faults, progress
 from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
+from pipelines.elements import CompressedDocument, GenerationRequest, TokenizedDocument
 from pipelines.flags import IN_PROMPT_MAX_TOKENS
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, checkpoint_config, counter
 from schemas import Prediction
@@ -78,14 +79,14 @@ def load_tokenizer(checkpoint: str, backbone: str | None, cache: str | None):
 
 def tokenize(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
     """One document by the compressor's own rule (commer.model.tokenize_documents)."""
-    ids, cut = tokenize_documents(tokenizer, [text], limit)
-    return ids[0], cut[0]
+    (ids,), (cut,) = tokenize_documents(tokenizer, [text], limit)
+    return ids, cut
 
 
 # ---- compress ---------------------------------------------------------------------------
 
 class Tokenize(beam.DoFn):
-    """ValidDocument → (length-bucket key, (user_id, doc_id, token ids, created_at))."""
+    """ValidDocument → (length-bucket key, TokenizedDocument)."""
 
     def __init__(self, checkpoint, backbone, cache, limit: int, width: int, shards: int):
         self.args = (checkpoint, backbone, cache)
@@ -100,8 +101,8 @@ class Tokenize(beam.DoFn):
         if cut:
             self.truncated.inc()
         self.tokens.inc(len(ids))
-        yield batch_key(doc.user_id, doc.doc_id, len(ids), self.width, self.shards), (doc.user_id, doc.doc_id, ids,
-                                                                                    doc.created_at)
+        yield (batch_key(doc.user_id, doc.doc_id, len(ids), self.width, self.shards),
+               TokenizedDocument(doc.user_id, doc.doc_id, ids, doc.created_at))
 
 
 _PADDING_TOKENS = counter("padding_tokens")
@@ -137,9 +138,9 @@ class Compressor:
             return step(batch).cpu().numpy()
 
 
-class ComMerModelHandler(ModelHandler):
-    """RunInference handler: one element = one token-budget batch of (user_id, doc_id, token ids, created_at),
-    compressed padded or, with `packed`, as one packed sequence.
+class ComMerModelHandler(ModelHandler[list[TokenizedDocument], PredictionResult, Compressor]):
+    """RunInference handler: one element = one token-budget batch of TokenizedDocuments, compressed padded
+    or, with `packed`, as one packed sequence: PredictionResult(the batch, its [n, K, d] compressions).
 
     Batches are formed upstream by length and tokens, so RunInference must not re-batch them.
     """
@@ -157,18 +158,19 @@ class ComMerModelHandler(ModelHandler):
         faults.point("model_loaded")
         return compressor
 
-    def run_inference(self, batch, model: Compressor, inference_args=None):
+    def run_inference(self, batch: Sequence[list[TokenizedDocument]], model: Compressor,
+                      inference_args=None) -> list[PredictionResult]:
         done = sum(len(element) for element in batch)
         progress.now(f"compressing a batch of {done} documents")
-        results = [PredictionResult([(x[0], x[1], x[3]) for x in element], model.compress([x[2] for x in element]))
+        results = [PredictionResult(element, model.compress([doc.token_ids for doc in element]))
                    for element in batch]
         progress.now()
         progress.add(progress.DONE, done)
         _INFERRED.inc(done)  # the same progress as a Beam metric (Dataflow's console)
         return results
 
-    def get_num_bytes(self, batch) -> int:
-        return sum(8 * len(x[2]) for element in batch for x in element)
+    def get_num_bytes(self, batch: Sequence[list[TokenizedDocument]]) -> int:
+        return sum(8 * len(doc.token_ids) for element in batch for doc in element)
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": 1}
@@ -180,10 +182,11 @@ class ComMerModelHandler(ModelHandler):
         return INFERENCE_NAMESPACE
 
 
-def unbatch(result: PredictionResult):
+def unbatch(result: PredictionResult) -> Iterator[CompressedDocument]:
+    """A compressed batch → one CompressedDocument per document."""
     faults.point("compressing")
-    for (user_id, doc_id, created_at), comp in zip(result.example, result.inference):
-        yield user_id, doc_id, np.asarray(comp, dtype=np.float32), created_at
+    for doc, comp in zip(result.example, result.inference):
+        yield CompressedDocument(doc.user_id, doc.doc_id, np.asarray(comp, dtype=np.float32), doc.created_at)
 
 
 # ---- generate ---------------------------------------------------------------------------

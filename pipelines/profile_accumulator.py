@@ -28,6 +28,7 @@ from typing import Iterable
 import numpy as np
 
 from commer.recency import RecencyState, recency_merge_all
+from pipelines.elements import CompressedDocument
 from schemas import Profile
 
 
@@ -168,19 +169,19 @@ class ProfileAccumulator:
         return _profile(user_id, state, state.mean(), doc_ids, fingerprint, now)
 
 
-def rebuild_profile(rebuild: Rebuild, documents: Iterable[tuple[str, np.ndarray, datetime | None]],
+def rebuild_profile(rebuild: Rebuild, documents: Iterable[CompressedDocument],
                     half_life_days: float | None, fingerprint: str, now: datetime) -> Profile:
-    """A user recomputed from scratch from (doc_id, stored compression, effective created_at) of every
+    """A user recomputed from scratch from the stored compression and effective created_at of every
     document they keep: the exact answer when deletions made the incremental state unreliable."""
-    documents = sorted(documents, key=lambda d: d[0])  # a fixed order: the same sums on any runner
-    found = tuple(d[0] for d in documents)
+    documents = sorted(documents, key=lambda d: d.doc_id)  # a fixed order: the same sums on any runner
+    found = tuple(d.doc_id for d in documents)
     if found != rebuild.doc_ids:
         missing = sorted(set(rebuild.doc_ids) - set(found))[:5]
         raise StateError(f"user {rebuild.user_id!r} must be rebuilt from stored compressions (deletions cancelled "
                          f"most of its weight) but {len(set(rebuild.doc_ids) - set(found))} of its documents have "
                          f"none (e.g. {missing}); pass every earlier run's compressions as "
                          "--previous_document_compressions")
-    state = recency_merge_all(((comp, when) for _, comp, when in documents), half_life_days).advance_to(now)
+    state = recency_merge_all(((d.compression, d.created_at) for d in documents), half_life_days).advance_to(now)
     return _profile(rebuild.user_id, state, state.mean(), found, fingerprint, now)
 
 

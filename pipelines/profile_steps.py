@@ -6,8 +6,8 @@
                      from their documents' compressions (the run's additions and the carried stored ones)
 
 The decisions and the arithmetic are Beam-free (reconcile.decide, profile_accumulator); these wrap them
-with counters and tagged outputs. Every element of the document streams is
-(user_id, doc_id, K×d compression, effective created_at).
+with counters and tagged outputs. Every element of the document streams is a
+pipelines.elements.CompressedDocument (user_id, doc_id, K×d compression, effective created_at).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from datetime import datetime
 
 import apache_beam as beam
 
+from pipelines.elements import CompressedDocument
 from pipelines.io import DEAD
 from pipelines.profile_accumulator import Change, Rebuild, StateError, Update, rebuild_profile
 from pipelines.reconcile import Deletion, dated, decide
@@ -46,7 +47,8 @@ class Reconcile(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REMOVE, (user_id, Update(Change.REMOVE, doc_id, decision.remove,
                                                                     created_at=decision.stored_created_at)))
         if decision.carry is not None:
-            yield beam.pvalue.TaggedOutput(CARRY, (user_id, doc_id, decision.carry, decision.stored_created_at))
+            yield beam.pvalue.TaggedOutput(CARRY, CompressedDocument(user_id, doc_id, decision.carry,
+                                                                     decision.stored_created_at))
         for dup in decision.duplicates:
             self.counters["duplicates"].inc()
             yield beam.pvalue.TaggedOutput(DEAD, duplicate_letter(dup))
@@ -101,8 +103,8 @@ class RebuildProfiles(beam.PTransform):
         rebuilds, documents = inputs
         keyed = rebuilds | "KeyRebuilds" >> beam.Map(lambda r: (r.user_id, r))
         users = beam.pvalue.AsDict(keyed)
-        docs = (documents | "OnlyRebuiltUsers" >> beam.Filter(lambda d, users: d[0] in users, users)
-                | "KeyByUser" >> beam.Map(lambda d: (d[0], d[1:])))
+        docs = (documents | "OnlyRebuiltUsers" >> beam.Filter(lambda d, users: d.user_id in users, users)
+                | "KeyByUser" >> beam.Map(lambda d: (d.user_id, d)))
         return ({"rebuild": keyed, "documents": docs} | "GroupRebuilt" >> beam.CoGroupByKey()
                 | "Rebuild" >> beam.FlatMap(self._rebuild))
 

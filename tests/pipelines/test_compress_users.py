@@ -14,6 +14,7 @@ import pytest
 from commer import ComMer, ComMerConfig
 from pipelines.compress_users import main, run
 from pipelines.batching import Batching, split_batches
+from pipelines.elements import TokenizedDocument
 from pipelines.inference import load_tokenizer, tokenize
 from delta_helpers import files as table_files, rows as table_rows
 from pipelines.io import input_table
@@ -339,13 +340,13 @@ def test_batches_are_length_sorted_and_padding_is_small():
 
     from pipelines.batching import padding_fraction
     rng = random.Random(0)
-    docs = [("u", f"d{i}", [1] * rng.randint(33, 64)) for i in range(400)]
+    docs = [TokenizedDocument("u", f"d{i}", [1] * rng.randint(33, 64)) for i in range(400)]
     batches = list(split_batches(("bucket", iter(docs)), Batching(K=4, max_batch_documents=16), 16 * 68,
                                  window_batches=8))
-    assert sorted(x[1] for b in batches for x in b) == sorted(d[1] for d in docs)
+    assert sorted(x.doc_id for b in batches for x in b) == sorted(d.doc_id for d in docs)
     assert all(len(b) <= 16 for b in batches)
-    mean_padding = sum(padding_fraction([x[2] for x in b]) for b in batches) / len(batches)
-    arrival_order = [[x[2] for x in docs[i:i + 16]] for i in range(0, len(docs), 16)]
+    mean_padding = sum(padding_fraction([x.token_ids for x in b]) for b in batches) / len(batches)
+    arrival_order = [[x.token_ids for x in docs[i:i + 16]] for i in range(0, len(docs), 16)]
     unsorted_padding = sum(map(padding_fraction, arrival_order)) / len(arrival_order)
     assert mean_padding < 0.05 and mean_padding < unsorted_padding / 4, (mean_padding, unsorted_padding)
 

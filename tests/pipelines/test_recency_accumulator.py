@@ -8,6 +8,7 @@ import pytest
 
 from commer.merge import SumCount
 from commer.recency import HalfLifeMismatchError, recency_merge_all
+from pipelines.elements import CompressedDocument
 from pipelines.profile_accumulator import PreviousProfile, ProfileAccumulator, Rebuild, StateError, rebuild_profile
 from pipelines.reconcile import dated
 from schemas import Profile, arrow_schema, from_table, read_metadata, tensor_column, to_table
@@ -131,7 +132,7 @@ def test_deletions_that_cancel_most_weight_ask_for_a_rebuild_that_is_exact():
     deleting = ProfileAccumulator(1.0).set_previous(previous).remove("d002", comps["d002"], dates["d002"])
     result = deleting.finalize("u", FP, T0)
     assert result == Rebuild("u", ("d000", "d001"))
-    kept = [(k, comps[k], dates[k]) for k in ("d001", "d000")]
+    kept = [CompressedDocument("u", k, comps[k], dates[k]) for k in ("d001", "d000")]
     rebuilt = rebuild_profile(result, kept, 1.0, FP, T0)
     exact = (comps["d000"].astype(np.float64) + 2 * comps["d001"]) / 3  # d001 is one half-life newer
     assert rel(rebuilt.soft_prompt, exact) <= 1e-6 and rebuilt.doc_ids == ["d000", "d001"]

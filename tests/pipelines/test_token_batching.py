@@ -11,6 +11,7 @@ from commer import ComMer
 from commer.packing import cost
 from pipelines.compress_users import SAMPLE_INPUT, main, run
 from pipelines.batching import DEFAULT_BATCH_TOKENS, Batching, split_batches
+from pipelines.elements import TokenizedDocument
 from pipelines.inference import resolve_device, shared_model
 from pipelines.io import match
 from pipelines.runtime import run_cli
@@ -21,7 +22,7 @@ K = 4
 
 def positions(batch, packed: bool) -> int:
     """What a batch really costs the model: Σ (tokens + K) packed, rows × the longest row padded."""
-    costs = [cost(len(x[2]), K) for x in batch]
+    costs = [cost(len(doc.token_ids), K) for doc in batch]
     return sum(costs) if packed else len(costs) * max(costs)
 
 
@@ -29,11 +30,11 @@ def positions(batch, packed: bool) -> int:
 @pytest.mark.parametrize("cap", [None, 5])
 def test_batches_never_exceed_the_budget_and_lose_nothing(packed, cap):
     rng = random.Random(1)
-    docs = [("u", f"d{i}", [7] * rng.choice([1, 3, 20, 60, 61, 200, 400])) for i in range(500)]
+    docs = [TokenizedDocument("u", f"d{i}", [7] * rng.choice([1, 3, 20, 60, 61, 200, 400])) for i in range(500)]
     budget = 256
     batching = Batching(K=K, max_batch_tokens=budget, packed=packed, max_batch_documents=cap)
     batches = list(split_batches(("bucket", iter(docs)), batching, budget, window_batches=4))
-    assert sorted(x[1] for b in batches for x in b) == sorted(d[1] for d in docs)  # each exactly once
+    assert sorted(x.doc_id for b in batches for x in b) == sorted(d.doc_id for d in docs)  # each exactly once
     for b in batches:
         assert len(b) == 1 or positions(b, packed) <= budget  # only a too-long document goes over, alone
         assert cap is None or len(b) <= cap
@@ -41,11 +42,11 @@ def test_batches_never_exceed_the_budget_and_lose_nothing(packed, cap):
 
 
 def test_reruns_form_the_same_batches_whatever_the_arrival_order():
-    docs = [("u", f"d{i}", [1] * (i % 37 + 1)) for i in range(300)]
+    docs = [TokenizedDocument("u", f"d{i}", [1] * (i % 37 + 1)) for i in range(300)]
     batching = Batching(K=K, max_batch_tokens=300)
     shuffled = docs[:]
     random.Random(0).shuffle(shuffled)
-    ids = [[[x[1] for x in b] for b in split_batches(("k", iter(d)), batching, 300, window_batches=1000)]
+    ids = [[[x.doc_id for x in b] for b in split_batches(("k", iter(d)), batching, 300, window_batches=1000)]
            for d in (docs, shuffled)]
     assert ids[0] == ids[1]
 
