@@ -83,6 +83,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from commer.prompting import UserDocuments
 from pipelines import faults
+from pipelines.elements import GenerationRequest, StoredProfile
 from pipelines.inference import ComMerGenerator, GenerationSettings, cold_start_prompt, generation_settings
 from pipelines.io import (DEAD, check_fingerprints, input_table, match, parse_as_dict, read_records, read_tables,
                           write_dead_letters, write_tables)
@@ -100,19 +101,18 @@ log = logging.getLogger(__name__)
 PROFILE_COLUMNS = ["user_id", "doc_count", "soft_prompt", "model_fingerprint"]
 
 
-def profile_rows(table) -> Iterable[tuple[str, dict]]:
+def profile_rows(table) -> Iterable[tuple[str, StoredProfile]]:
     """(user_id, profile) pairs from one Parquet record batch table."""
     soft = tensor_column(table, "soft_prompt")
     plain = table.select(["user_id", "doc_count", "model_fingerprint"]).to_pylist()
     for i, row in enumerate(plain):
-        yield row["user_id"], {"soft_prompt": soft[i].copy(), "doc_count": row["doc_count"],
-                               "model_fingerprint": row["model_fingerprint"]}
+        yield row["user_id"], StoredProfile(soft[i].copy(), row["doc_count"], row["model_fingerprint"])
 
 
 # ---- joining a user's queries with their profile or documents ---------------------------
 
 class PlanUser(beam.DoFn):
-    """A user's queries → generation requests, with the user's soft prompt or documents.
+    """A user's queries → GenerationRequests, with the user's soft prompt or documents.
 
     Queries are never dropped for lack of a profile: they become non-personalized requests, with the
     task prompt when there is one (`cold_start`, (K, d)).
@@ -139,12 +139,12 @@ class PlanUser(beam.DoFn):
                 # The main job writes one row per user; keep the fullest one rather than fail.
                 self.counters["users_with_several_profiles"].inc()
                 log.warning("user %s has %d profiles; using the one with the most documents", user_id, len(profiles))
-            profile = max(profiles, key=lambda p: p["doc_count"], default=None)
-            if profile is not None and profile["model_fingerprint"] != self.settings.fingerprint:
-                raise ValueError(f"profile of user {user_id} has fingerprint {profile['model_fingerprint']}, "
+            profile = max(profiles, key=lambda p: p.doc_count, default=None)
+            if profile is not None and profile.model_fingerprint != self.settings.fingerprint:
+                raise ValueError(f"profile of user {user_id} has fingerprint {profile.model_fingerprint}, "
                                  f"expected {self.settings.fingerprint}")
-            if profile is not None and profile["doc_count"] > 0:
-                soft, doc_count = profile["soft_prompt"], profile["doc_count"]
+            if profile is not None and profile.doc_count > 0:
+                soft, doc_count = profile.soft_prompt, profile.doc_count
         elif self.settings.mode == "in_prompt":
             ranked = UserDocuments(groups.get("documents", []))
 
@@ -164,10 +164,10 @@ class PlanUser(beam.DoFn):
             personalized = soft is not None or bool(documents)
             if not personalized:
                 self.counters["queries_without_profile" if self.cold_start is None else "queries_task_prompt"].inc()
-            yield {"user_id": user_id, "query_id": query["query_id"], "instruction": query["instruction"],
-                   "reference": query.get("reference"), "soft_prompt": soft if personalized else self.cold_start,
-                   "doc_count": doc_count,
-                   "documents": documents, "personalized": personalized}
+            yield GenerationRequest(user_id=user_id, query_id=query["query_id"], instruction=query["instruction"],
+                                    reference=query.get("reference"),
+                                    soft_prompt=soft if personalized else self.cold_start, doc_count=doc_count,
+                                    documents=documents, personalized=personalized)
 
 
 # ---- the pipeline -----------------------------------------------------------------------

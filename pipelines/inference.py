@@ -225,8 +225,8 @@ def sample_seed(seed: int, query_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{query_id}".encode()).digest()[:4], "little")
 
 
-class ComMerGenerator(ModelHandler):
-    """RunInference handler: a batch of requests → Prediction rows."""
+class ComMerGenerator(ModelHandler[GenerationRequest, dict, _Loaded]):
+    """RunInference handler: a batch of GenerationRequests → Prediction rows (schemas.Prediction dicts)."""
 
     def __init__(self, settings: GenerationSettings):
         self.settings = settings
@@ -241,61 +241,61 @@ class ComMerGenerator(ModelHandler):
     def batch_elements_kwargs(self):
         return {"min_batch_size": self.settings.batch_size, "max_batch_size": self.settings.batch_size}
 
-    def get_num_bytes(self, batch) -> int:
-        return sum(len(r["instruction"]) + (r["soft_prompt"].nbytes if r["soft_prompt"] is not None else 0)
-                   for r in batch)
+    def get_num_bytes(self, batch: Sequence[GenerationRequest]) -> int:
+        return sum(len(r.instruction) + (r.soft_prompt.nbytes if r.soft_prompt is not None else 0) for r in batch)
 
     def get_metrics_namespace(self) -> str:
         return INFERENCE_NAMESPACE
 
-    def run_inference(self, batch, model: _Loaded, inference_args=None):
+    def run_inference(self, batch: Sequence[GenerationRequest], model: _Loaded,
+                      inference_args=None) -> Iterator[dict]:
         s, m, limit = self.settings, model.model, model.max_prompt_tokens
         rows = list(batch)
         instructions, doc_counts = [], []
         for r in rows:
-            if r["documents"] is None:
-                instructions.append(r["instruction"])
-                doc_counts.append(r["doc_count"])
+            if r.documents is None:
+                instructions.append(r.instruction)
+                doc_counts.append(r.doc_count)
             else:
-                text, used = fit_documents(r["documents"], r["instruction"],
+                text, used = fit_documents(r.documents, r.instruction,
                                            lambda t: len(m.prompt_ids(t, 1 << 30)), limit or m.config.max_prompt_tokens)
                 instructions.append(text)
-                doc_counts.append(used if r["documents"] else 0)
-        soft = [r["soft_prompt"] for r in rows]
+                doc_counts.append(used if r.documents else 0)
+        soft = [r.soft_prompt for r in rows]
         options = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, temperature=s.temperature,
                        top_p=s.top_p, max_prompt_tokens=limit)
         progress.now(f"generating a batch of {len(rows)} answers (up to {s.max_new_tokens} tokens each)")
         if s.do_sample:
             # One seed per query, so a query's sample does not depend on what it was batched with.
-            texts = [m.generate([p], [x], seed=sample_seed(s.seed, r["query_id"]), **options)[0]
+            texts = [m.generate([p], [x], seed=sample_seed(s.seed, r.query_id), **options)[0]
                      for p, x, r in zip(soft, instructions, rows)]
         else:
             texts = m.generate(soft, instructions, seed=s.seed, **options)
         progress.now(f"scoring the references of a batch of {len(rows)}")
-        scored = [i for i, r in enumerate(rows) if r["reference"] is not None]
+        scored = [i for i, r in enumerate(rows) if r.reference is not None]
         perplexity = _perplexities(m, scored, [soft[i] for i in scored], [instructions[i] for i in scored],
                                    rows, limit, len(rows))
         # The same reference without the profile (no soft prompt, no documents): evaluate compares each
         # personalized query with itself, never with other users' queries.
-        paired = [i for i in scored if rows[i]["personalized"]]
-        unpersonalized = _perplexities(m, paired, [None] * len(paired), [rows[i]["instruction"] for i in paired],
+        paired = [i for i in scored if rows[i].personalized]
+        unpersonalized = _perplexities(m, paired, [None] * len(paired), [rows[i].instruction for i in paired],
                                        rows, limit, len(rows))
         progress.now()
         progress.add(progress.DONE, len(rows))
         for r, text, p, x, n, ppl, base in zip(rows, texts, soft, instructions, doc_counts, perplexity, unpersonalized):
             tokens = len(m.prompt_ids(x, limit)) + (len(p) if p is not None else 0)
-            yield Prediction(user_id=r["user_id"], query_id=r["query_id"], instruction=r["instruction"], prediction=text,
-                             personalized=r["personalized"], doc_count=n, reference=r["reference"],
+            yield Prediction(user_id=r.user_id, query_id=r.query_id, instruction=r.instruction, prediction=text,
+                             personalized=r.personalized, doc_count=n, reference=r.reference,
                              perplexity=ppl, perplexity_unpersonalized=base, prompt_tokens=tokens,
                              model_fingerprint=s.fingerprint).model_dump()
 
 
-def _perplexities(model, which: list[int], soft: list, instructions: list[str], rows: list[dict],
+def _perplexities(model, which: list[int], soft: list, instructions: list[str], rows: list[GenerationRequest],
                   limit: Optional[int], size: int) -> list[Optional[float]]:
     """Perplexity of the references of rows `which` (None for the others), one batched forward."""
     out: list[Optional[float]] = [None] * size
     if which:
-        values = model.perplexity(soft, instructions, [rows[i]["reference"] for i in which],
+        values = model.perplexity(soft, instructions, [rows[i].reference for i in which],
                                   max_prompt_tokens=limit).tolist()
         for i, v in zip(which, values):
             out[i] = float(v)

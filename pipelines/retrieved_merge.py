@@ -1,6 +1,6 @@
 """generate --merge=retrieved: per query, merge only the user's top-M stored document compressions.
 
-    compressions table (compress_users --document_compressions_output) ─► (user_id, {doc_id, compression})
+    compressions table (compress_users --document_compressions_output) ─► (user_id, StoredCompression)
     --retrieval=bm25:       + the user's documents (their text), matched by (user_id, doc_id)
     --retrieval=similarity: + each query's instruction compressed (adapter on), batched by RunInference
           ▼ CoGroupByKey by user (in pipelines.generate)
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable, Literal, Optional
+from typing import Any, Callable, Iterable, Literal, Optional, TypeVar
 
 import apache_beam as beam
 import numpy as np
@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from commer import ComMer
 from commer.retrieval import order_by_doc_id, retrieved_soft_prompt, top_m_by_bm25, top_m_by_similarity
+from pipelines.elements import StoredCompression
 from pipelines.inference import GenerationSettings, resolve_on_worker
 from pipelines.io import check_fingerprints, input_table, read_tables
 from pipelines.runtime import INFERENCE_NAMESPACE, CliError, counter
@@ -36,6 +37,7 @@ COMPRESSION_COLUMNS = ["user_id", "doc_id", "compression", "model_fingerprint"]
 MERGE_COUNTERS = ("queries_candidates_without_text", "queries_some_candidates_without_text",
                   "compressions_without_document", "documents_without_compression", "stored_compression_duplicates")
 RETRIEVALS = ("bm25", "similarity")
+T = TypeVar("T")
 
 
 class MergeSettings(BaseModel):
@@ -105,12 +107,11 @@ def compression_shards(flags, merge: MergeSettings) -> list[str]:
     return shards
 
 
-def compression_rows(table) -> Iterable[tuple[str, dict]]:
-    """(user_id, {doc_id, compression, model_fingerprint}) from one Parquet record batch table."""
+def compression_rows(table) -> Iterable[tuple[str, StoredCompression]]:
+    """(user_id, StoredCompression) from one Parquet record batch table."""
     comps = tensor_column(table, "compression")
     for i, row in enumerate(table.select(["user_id", "doc_id", "model_fingerprint"]).to_pylist()):
-        yield row["user_id"], {"doc_id": row["doc_id"], "compression": comps[i].copy(),
-                               "model_fingerprint": row["model_fingerprint"]}
+        yield row["user_id"], StoredCompression(row["doc_id"], comps[i].copy(), row["model_fingerprint"])
 
 
 def read_compressions(pipeline, shards: list[str]):
@@ -140,9 +141,9 @@ def query_compressor(s: GenerationSettings) -> ComMer:
         return _QUERY_MODELS[key]
 
 
-class InstructionCompressor(ModelHandler):
-    """RunInference handler: query dicts → the same dicts plus their instruction's K×d compression,
-    by the compressor's own rule (commer.model.tokenize_documents, adapter on)."""
+class InstructionCompressor(ModelHandler[dict, dict, ComMer]):
+    """RunInference handler: query dicts (schemas.Query rows) → the same dicts plus their instruction's K×d
+    compression ("query_compression"), by the compressor's own rule (commer.model.tokenize_documents, adapter on)."""
 
     def __init__(self, settings: GenerationSettings):
         self.settings = settings
@@ -180,15 +181,16 @@ _QUERIES_NO_TEXT = counter("queries_candidates_without_text")
 _QUERIES_SOME_TEXT = counter("queries_some_candidates_without_text")
 
 
-def _one_per_doc(rows: Iterable[dict], content) -> dict[str, dict]:
-    """doc_id → one row; among rows sharing a doc_id the smallest by `content` (any read order keeps the same)."""
-    kept: dict[str, dict] = {}
-    for row in rows:
-        if row["doc_id"] in kept:
+def _one_per_doc(rows: Iterable[tuple[str, T]], content: Callable[[T], Any]) -> dict[str, T]:
+    """(doc_id, row) pairs → doc_id → one row; among rows sharing a doc_id the smallest by `content` (any read
+    order keeps the same)."""
+    kept: dict[str, T] = {}
+    for doc_id, row in rows:
+        if doc_id in kept:
             _DUPLICATES.inc()
-            if content(row) >= content(kept[row["doc_id"]]):
+            if content(row) >= content(kept[doc_id]):
                 continue
-        kept[row["doc_id"]] = row
+        kept[doc_id] = row
     return kept
 
 
@@ -196,27 +198,27 @@ class UserPool:
     """One user's candidate compressions in doc_id order (the canonical order that makes ties and the
     float64 sum independent of read order), with their texts for BM25."""
 
-    def __init__(self, user_id: str, compressions: Iterable[dict], documents: Optional[Iterable[dict]],
+    def __init__(self, user_id: str, compressions: Iterable[StoredCompression], documents: Optional[Iterable[dict]],
                  merge: MergeSettings):
         self.merge = merge
-        stored = _one_per_doc(compressions, lambda r: r["compression"].tobytes())
+        stored = _one_per_doc(((c.doc_id, c) for c in compressions), lambda c: c.compression.tobytes())
         for row in stored.values():
-            if row["model_fingerprint"] != merge.fingerprint:
-                raise ValueError(f"document compression {row['doc_id']!r} of user {user_id} has fingerprint "
-                                 f"{row['model_fingerprint']}, expected {merge.fingerprint}")
+            if row.model_fingerprint != merge.fingerprint:
+                raise ValueError(f"document compression {row.doc_id!r} of user {user_id} has fingerprint "
+                                 f"{row.model_fingerprint}, expected {merge.fingerprint}")
         texts: Optional[dict[str, dict]] = None
         self.without_text = 0  # stored compressions BM25 cannot rank: their document is not in --documents
         if merge.retrieval == "bm25":
             # Only documents with both a compression and a text can be ranked and merged; with the
             # documents the profiles were built from, both counters stay at 0.
-            texts = _one_per_doc(documents or [], lambda d: text_key(d["text"]))
+            texts = _one_per_doc(((d["doc_id"], d) for d in documents or []), lambda d: text_key(d["text"]))
             self.without_text = len(stored.keys() - texts.keys())
             _WITHOUT_TEXT.inc(self.without_text)
             _WITHOUT_COMPRESSION.inc(len(texts.keys() - stored.keys()))
             stored = {d: row for d, row in stored.items() if d in texts}
         ids = list(stored)
         self.doc_ids, self.compressions, self.texts = (
-            order_by_doc_id(ids, np.stack([stored[d]["compression"] for d in ids]).astype(np.float64),
+            order_by_doc_id(ids, np.stack([stored[d].compression for d in ids]).astype(np.float64),
                             None if texts is None else [texts[d]["text"] for d in ids])
             if ids else ([], None, []))
 
