@@ -54,6 +54,7 @@ from apache_beam.io.filesystems import FileSystems
 from commer import metrics as m
 from pipelines import faults, plots
 from pipelines.combiners import AccumulatorFn
+from pipelines.elements import AggregateLine
 from pipelines.io import parse_as_dict, prediction_files, read_records, write_dead_letters, write_tables
 from pipelines.options import dead_letter_folder, parse
 from pipelines.references import AttachReference, check_references, read_references
@@ -99,21 +100,21 @@ def build(pipeline, opts, files: list[str], tables: dict) -> None:
     write_tables(scored, "PerQuery", tables["per query"], 4096)
 
     overall = (scored | "Overall" >> beam.CombineGlobally(aggregate_fn(with_histogram=True))
-               | "TagOverall" >> beam.Map(lambda s: ("overall", None, s)))
+               | "TagOverall" >> beam.Map(lambda s: AggregateLine("overall", None, s)))
     by_personalization = (
         scored
         | "KeyPersonalized" >> beam.Map(lambda r: ("personalized" if r["personalized"] else "not_personalized", r))
         | "ByPersonalization" >> beam.CombinePerKey(aggregate_fn())
-        | "TagPersonalization" >> beam.Map(lambda kv: ("by_personalization", kv[0], kv[1])))
+        | "TagPersonalization" >> beam.MapTuple(lambda key, s: AggregateLine("by_personalization", key, s)))
     by_doc_count = (
         scored
         | "KeyDocCount" >> beam.Map(lambda r: (m.doc_count_bucket(r["doc_count"]), r))
         | "ByDocCount" >> beam.CombinePerKey(aggregate_fn())
-        | "TagDocCount" >> beam.Map(lambda kv: ("by_doc_count", list(kv[0]), kv[1])))
+        | "TagDocCount" >> beam.MapTuple(lambda bucket, s: AggregateLine("by_doc_count", list(bucket), s)))
     per_user = (scored
                 | "KeyUser" >> beam.Map(lambda r: (r["user_id"], r))
                 | "PerUser" >> beam.CombinePerKey(aggregate_fn())
-                | "UserRow" >> beam.Map(lambda kv: {"user_id": kv[0], **kv[1]}))
+                | "UserRow" >> beam.MapTuple(lambda user_id, s: {"user_id": user_id, **s}))
     write_tables(per_user | "UserRows" >> beam.Map(user_row), "PerUser", tables["per user"], 4096)
     distributions = []
     for name in ("rouge1", "rougeL"):
@@ -121,9 +122,9 @@ def build(pipeline, opts, files: list[str], tables: dict) -> None:
             per_user
             | f"User{name}" >> beam.FlatMap(lambda u, k=name: [u[k]] if u[k] is not None else [])
             | f"UserDistribution{name}" >> beam.CombineGlobally(AccumulatorFn(m.Distribution))
-            | f"TagUser{name}" >> beam.Map(lambda s, k=name: ("per_user", k, s)))
+            | f"TagUser{name}" >> beam.Map(lambda s, k=name: AggregateLine("per_user", k, s)))
     users = (per_user | "CountUsers" >> beam.combiners.Count.Globally()
-             | "TagUsers" >> beam.Map(lambda n: ("per_user", "users", n)))
+             | "TagUsers" >> beam.Map(lambda n: AggregateLine("per_user", "users", n)))
 
     ([overall, by_personalization, by_doc_count, users] + distributions
      | "AllAggregates" >> beam.Flatten()
@@ -148,7 +149,7 @@ def user_row(user: dict) -> dict:
 
 
 def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dict:
-    """metrics.json from the pipeline's aggregates (a handful of lines) and its counters."""
+    """metrics.json from the pipeline's AggregateLines (a handful, one JSON array each) and its counters."""
     out: dict = {
         "rouge": {"library": "rouge-score", "types": list(m.ROUGE_TYPES), "measure": "fmeasure",
                   "use_stemmer": use_stemmer, "aggregation": "mean over queries with a reference",
@@ -156,17 +157,15 @@ def assemble(aggregate_lines: list[str], counts: dict, use_stemmer: bool) -> dic
         "perplexity": m.PERPLEXITY_AGGREGATION,
         "counts": counts, "overall": None, "by_personalization": {}, "by_doc_count": [], "per_user": {},
     }
-    for line in aggregate_lines:
-        section, key, value = json.loads(line)
-        if section == "overall":
-            out["overall"] = value
-        elif section == "by_personalization":
-            out["by_personalization"][key] = value
-        elif section == "by_doc_count":
-            out["by_doc_count"].append({"bucket": m.bucket_label(*key), "min_docs": key[0], "max_docs": key[1],
-                                        **value})
-        elif section == "per_user":
-            out["per_user"][key] = value
+    for line in (AggregateLine(*json.loads(text)) for text in aggregate_lines):
+        if line.section == "overall":
+            out["overall"] = line.value
+        elif line.section in ("by_personalization", "per_user"):
+            out[line.section][line.key] = line.value
+        elif line.section == "by_doc_count":
+            low, high = line.key
+            out["by_doc_count"].append({"bucket": m.bucket_label(low, high), "min_docs": low, "max_docs": high,
+                                        **line.value})
     out["by_doc_count"].sort(key=lambda r: r["min_docs"])
     return out
 

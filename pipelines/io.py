@@ -300,7 +300,8 @@ class _ParquetSink(filebasedsink.FileBasedSink):
         return handle, pq.ParquetWriter(handle, self.schema, compression="snappy", write_page_checksum=True)
 
     def write_record(self, file_handle, table: pa.Table):
-        file_handle[1].write_table(table)
+        _, writer = file_handle
+        writer.write_table(table)
 
     def close(self, file_handle):
         handle, writer = file_handle
