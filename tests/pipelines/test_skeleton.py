@@ -75,3 +75,40 @@ def test_shared_io_holds_no_one_jobs_steps():
     assert not wrong, f"pipelines/io.py imports one job's steps {sorted(wrong)}: keep them in that job's modules"
     assert _pipelines_imports(ast.parse("from pipelines.reconcile import Event\nfrom pipelines import references\n")) \
         == {"reconcile", "references"}  # the check can fail
+
+
+# The steps between a document and its profile, query and its prediction, score and metrics.json pass
+# named elements (pipelines.elements), never positional tuples (issue 25): no `x[2]` on a variable here.
+NAMED_ELEMENTS = ("compress_users.py", "generate.py", "evaluate.py", "inference.py", "batching.py",
+                  "profile_steps.py", "profile_accumulator.py", "retrieved_merge.py")
+
+
+def _positional(tree) -> list[str]:
+    """`name[int]` and `name[int:int]` subscripts: an element read by position."""
+    def is_int(node):
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            node = node.operand
+        return isinstance(node, ast.Constant) and type(node.value) is int
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+            s = node.slice
+            bounds = [b for b in (s.lower, s.upper, s.step) if b is not None] if isinstance(s, ast.Slice) else [s]
+            if any(is_int(b) for b in bounds):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_elements_between_steps_are_read_by_name_and_handlers_are_typed():
+    trees = _trees()
+    for file in NAMED_ELEMENTS:
+        assert not _positional(trees[file]), f"pipelines/{file} reads elements by position: " \
+            f"{_positional(trees[file])}; give them names (pipelines.elements)"
+    assert _positional(ast.parse("a = x[2]\nb = d[1:]\nc = y[-1]\nd = f()[0]\ne = x['k']\n")) == \
+        ["line 1: x[2]", "line 2: d[1:]", "line 3: y[-1]"]  # the check can fail
+    for file, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                untyped = [ast.unparse(b) for b in node.bases if ast.unparse(b) == "ModelHandler"]
+                assert not untyped, f"{file}.{node.name}: ModelHandler[ExampleT, PredictionT, ModelT], as Beam's own"
