@@ -15,9 +15,14 @@ leading indicator:
     from training.probes import news_documents, reconstruction_perplexity
     documents = news_documents(["news_category_v3_subset.jsonl", "news_category_v2_extra.jsonl"])
     reconstruction_perplexity(model, documents, num_merged=4, num_examples=64)["perplexity"]
+
+`compression_spread` is the other leading indicator, logged at every validation by training.train: how
+much different documents' compressions differ. A stage 1 whose learning rate was too high (session of
+2026-12-07: lr 3e-3 at batch 8) collapsed to one vector for every document while its loss still fell.
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import Sequence
@@ -30,6 +35,8 @@ from training.tasks.pretraining import DOC_CHARS
 
 DOC_PREFIX = "Document {}: "
 QUERY = "What does document {} contain?"
+
+log = logging.getLogger("training")
 
 
 def reconstruction_examples(documents: Sequence[str], num_merged: int, num_examples: int | None = None,
@@ -99,3 +106,22 @@ def reconstruction_perplexity(model, documents: Sequence[str], num_merged: int, 
     if reference:
         out["reference_perplexity"] = math.exp(ref_nll / max(tokens, 1.0))
     return out
+
+
+# Below this spread the compressor is collapsing: every document compresses to nearly the same vector.
+SPREAD_FLOOR = 0.05
+SPREAD_DOCUMENTS = 16
+
+
+def spread_documents(examples: Sequence) -> list[str]:
+    """Up to SPREAD_DOCUMENTS distinct validation documents, in order (none for examples without any)."""
+    return list(dict.fromkeys(d for e in examples for d in e.documents))[:SPREAD_DOCUMENTS]
+
+
+def compression_spread(model, texts: list[str], step: int) -> float | None:
+    """The model's compression spread over `texts` (None without either), with a warning on collapse."""
+    spread = model.compression_spread(texts) if len(texts) > 1 else None
+    if spread is not None and spread < SPREAD_FLOOR:
+        log.warning("step %d: compression spread %.4f < %.2f: documents compress to nearly the same vector, so "
+                    "profiles cannot differ between users; lower the learning rate (lr_lora)", step, spread, SPREAD_FLOOR)
+    return spread

@@ -105,6 +105,10 @@ class PromptTuning(nn.Module):
     def training_stages(self) -> list[dict]:
         return list(self.stages)
 
+    def compression_spread(self, texts) -> None:
+        """None: a task prompt compresses no document (see ComMer.compression_spread)."""
+        return None
+
     @torch.inference_mode()
     def generate(self, documents, instructions, max_new_tokens: int = 32) -> list[str]:
         prompts = [documents_as_text(d, x) for d, x in zip(documents, instructions)]

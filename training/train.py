@@ -33,6 +33,7 @@ from commer import BackboneError, CheckpointError, ComMer, ComMerConfig
 from training.config import ConfigError, TrainConfig
 from training.distillation import prepare_cache
 from training.objectives import Objective
+from training.probes import compression_spread, spread_documents
 from training.prompt_tuning import PromptTuning
 from training.tasks import DataError, Example, load_examples
 from training.trainable import Trainable
@@ -237,10 +238,12 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     trainable = [p for g in groups for p in g["params"]]
     accumulation = config.batch_size // config.micro_batch_size
 
+    spread_texts = spread_documents(val_examples)
     if meta["step"] == 0 and not resuming:
         initial = validation_perplexity(model, val_examples, config.micro_batch_size * 2)
         meta["history"].append({"step": 0, "val_ppl": initial})
-        _append(out / "metrics.jsonl", {"step": 0, "val_ppl": initial})
+        _append(out / "metrics.jsonl", {"step": 0, "val_ppl": initial,
+                                        "compression_spread": compression_spread(model, spread_texts, 0)})
         log.info("step 0: validation perplexity %.3f", initial)
 
     bar = _progress(total_steps, meta["step"], progress)
@@ -285,6 +288,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         if step % config.eval_every == 0 or step == total_steps:
             val = validation_perplexity(model, val_examples, config.micro_batch_size * 2)
             record["val_ppl"] = val
+            record["compression_spread"] = compression_spread(model, spread_texts, step)
             meta["history"].append({"step": step, "val_ppl": val})
             if meta["best_val_ppl"] is None or val < meta["best_val_ppl"]:
                 meta.update(best_val_ppl=val, best_step=step, bad_evals=0)

@@ -22,6 +22,9 @@ class Trainable(Protocol):
     def answer_ids(self, answer: str) -> list[int]:
         """The answer's target token ids (their count weighs the loss)."""
 
+    def compression_spread(self, texts: Sequence[str]) -> float | None:
+        """How much the compressions of `texts` differ (near 0: collapsed); None for a model without any."""
+
     def training_stages(self) -> list[dict]:
         """The recorded stages that trained these weights so far (a new stage is appended)."""
 

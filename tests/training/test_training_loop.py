@@ -174,3 +174,25 @@ def test_grow_compression_tokens_from_a_checkpoint_and_resume(tiny_backbone, com
     assert ComMer.from_pretrained(summary["final"], cache=commer_cache).K == 8
     with pytest.raises(ValueError, match="grow_compression_tokens needs method=commer and an init_checkpoint"):
         TrainConfig(task="news", grow_compression_tokens=32)
+
+
+def test_compression_spread_is_logged_and_a_collapse_warned(tiny_backbone, commer_cache, tmp_path, fixed_examples,
+                                                              monkeypatch, caplog):
+    from commer import ComMer
+    config = training_config(tiny_backbone, commer_cache, tmp_path, max_steps=3, eval_every=3)
+    train_mod.train(config, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    spreads = [r["compression_spread"] for r in rows if "val_ppl" in r]
+    assert len(spreads) == 2 and all(s > 0.05 for s in spreads)  # distinct documents, a healthy compressor
+    # One vector for every document: the spread is 0 and training says so.
+    model = ComMer.from_pretrained(str(tmp_path / "run" / "final"), cache=commer_cache)
+    assert model.compression_spread(["same text"] * 4) == pytest.approx(0.0, abs=1e-6)
+    monkeypatch.setattr(ComMer, "compression_spread", lambda self, texts: 0.009)
+    with caplog.at_level("WARNING", logger="training"):
+        train_mod.train(config.model_copy(update={"output_dir": str(tmp_path / "run2")}), progress=False)
+    assert "compression spread 0.0090 < 0.05" in caplog.text
+    # A task prompt compresses nothing: no spread, no warning.
+    pt = config.model_copy(update={"method": "prompt_tuning", "output_dir": str(tmp_path / "pt")})
+    train_mod.train(pt, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "pt" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r.get("compression_spread") is None for r in rows)
