@@ -224,7 +224,7 @@ def main(argv: list[str]) -> int:
     if wants_help(parser, argv):
         return 0
     opts, options = parse(parser, argv, required=parser.required_flags, check=True)
-    settings = generation_settings(opts)
+    settings = generation_settings(opts, options)
     merge = merge_settings(opts, settings.fingerprint)
     if opts.mode == "commer" and not opts.profiles and merge is None:
         raise CliError("--mode=commer needs --profiles (compress_users' --output folder); "
@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
 
     output, run_id = opts.output.rstrip("/"), new_run_id()
     schema = arrow_schema(Prediction, metadata={"fingerprint": settings.fingerprint, "mode": settings.mode,
-                                               "checkpoint": settings.checkpoint})
+                                               "checkpoint": settings.checkpoint, "dtype": settings.dtype})
     tables = {"predictions": plan_output("predictions", "--output", f"{output}/predictions", schema, run_id),
               "dead letters": plan_output("dead letters", "--dead_letter_output", dead_letter_folder(opts),
                                           arrow_schema(DeadLetter), run_id)}

@@ -326,14 +326,21 @@ def cold_start_prompt(settings: GenerationSettings) -> Optional[np.ndarray]:
     return load_task_prompt(settings.task_prompt).soft_prompt.numpy() if settings.task_prompt else None
 
 
-def generation_settings(opts) -> GenerationSettings:
-    """generate's flags → the settings its workers get; a bad value is one CLI line."""
+def generation_settings(opts, options=None) -> GenerationSettings:
+    """generate's flags → the settings its workers get; a bad value is one CLI line.
+
+    On a local runner the launcher is the worker, so `--dtype auto` is resolved here and the predictions table
+    records the dtype its answers were computed in (bfloat16 changes perplexities slightly, issue 27). For
+    remote workers `auto` travels as is and each worker resolves it for its own device (bfloat16 on CUDA):
+    the table then records `auto`; name --dtype to have one recorded."""
     checkpoint, config = checkpoint_config(opts)
+    dtype = resolve_on_worker(opts.dtype, opts.device)[0] if options is None or progress.runs_locally(options) \
+        else opts.dtype
     if not config.trained and opts.mode == "commer":
         log.warning("checkpoint %s is untrained (trained=false): soft prompts carry little meaning", checkpoint)
     try:
         return GenerationSettings(
-            checkpoint=checkpoint, backbone=opts.backbone, dtype=opts.dtype, device=opts.device,
+            checkpoint=checkpoint, backbone=opts.backbone, dtype=dtype, device=opts.device,
             cache_dir=opts.cache_dir, fingerprint=config.fingerprint, mode=opts.mode,
             num_documents=opts.num_documents, max_prompt_tokens=opts.max_prompt_tokens,
             max_new_tokens=opts.max_new_tokens, do_sample=opts.do_sample, temperature=opts.temperature,

@@ -136,6 +136,22 @@ def test_predictions_are_a_delta_table_with_their_metadata(generated):
     assert {r["query_id"]: r for r in table.to_pyarrow_table().to_pylist()} == _predictions(generated["out"])
     meta = pq.read_schema(table.file_uris()[0]).metadata
     assert b"fingerprint" in meta[b"commer"]
+    # The dtype the answers were computed in (auto resolved on the local runner: float32 on a CPU).
+    assert json.loads(meta[b"commer"])["dtype"] == "float32"
+
+
+def test_remote_workers_get_auto_and_local_ones_the_resolved_dtype(tiny_checkpoint, commer_cache):
+    import argparse
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.inference import generation_settings
+    opts = argparse.Namespace(checkpoint=tiny_checkpoint, backbone=None, dtype="auto", device="cpu",
+                              cache_dir=commer_cache, mode="none", num_documents=4, max_prompt_tokens=0,
+                              max_new_tokens=8, do_sample=False, temperature=1.0, top_p=1.0, seed=0, batch_size=4,
+                              task_prompt="none")
+    assert generation_settings(opts, PipelineOptions(["--runner", "DirectRunner"])).dtype == "float32"
+    assert generation_settings(opts, PipelineOptions(["--runner", "DataflowRunner"])).dtype == "auto"
+    opts.dtype = "bfloat16"
+    assert generation_settings(opts, PipelineOptions(["--runner", "DataflowRunner"])).dtype == "bfloat16"
 
 def test_fingerprint_mismatch_refused_before_running(tiny, tiny_checkpoint, commer_cache, tmp_path, capsys):
     from pipelines import generate
