@@ -109,6 +109,31 @@ def _planned_batches(docs: list, batching: Batching, budget: int):
             yield [docs[i] for i in planned[start: start + (cap or len(planned))]]
 
 
+def batch_positions(batch, K: int, packed: bool) -> int:
+    """Positions a batch of (user_id, doc_id, token ids) costs the model: Σ (tokens + K) packed, rows × the
+    longest row padded (what the budget bounds)."""
+    costs = [cost(len(x[2]), K) for x in batch]
+    return sum(costs) if packed else len(costs) * max(costs)
+
+
+# The batches' distributions (SplitBatches updates one value of each per batch; run_summary.json's "batches").
+BATCH_DISTRIBUTIONS = ("batch_documents", "batch_positions", "batch_fill_permille")
+
+
+def batch_report(distributions: dict[str, dict]) -> dict:
+    """run_summary.json's "batches" from the BATCH_DISTRIBUTIONS (count, sum, min, max each): how many model
+    calls, their documents and positions, and their mean fill (positions ÷ budget)."""
+    documents, positions, fill = (distributions.get(name) for name in BATCH_DISTRIBUTIONS)
+    if not documents:
+        return {"count": 0}
+
+    def spread(d: dict) -> dict:
+        return {"mean": round(d["sum"] / d["count"], 2), "min": d["min"], "max": d["max"]}
+
+    return {"count": documents["count"], "documents": spread(documents), "positions": spread(positions),
+            "mean_fill": round(fill["sum"] / fill["count"] / 1000, 4)}
+
+
 def padding_tokens(batch, packed: bool) -> int:
     """Padding tokens a batch of (user_id, doc_id, token ids) costs the model: none when packed."""
     if packed:

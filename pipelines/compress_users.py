@@ -94,7 +94,7 @@ from pipelines.profile_accumulator import Change, ProfileAccumulator, Update, ap
 from pipelines.profile_steps import CARRY, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
 from pipelines.reconcile import Event
 from pipelines.rejections import Stream, check_run, top_reasons
-from pipelines.runtime import (CliError, checkpoint_config, counter_values, new_run_id, run_cli,
+from pipelines.runtime import (CliError, checkpoint_config, counter_values, distribution_values, new_run_id, run_cli,
                                run_pipeline, write_json)
 from pipelines.tables import Commit, OutputTable, append_base, commit_outputs, paired_compressions, profile_tables
 from schemas import DocumentCompression
@@ -274,7 +274,7 @@ def run(argv: list[str]) -> dict:
               "but not yet useful for personalization", file=sys.stderr)
     result, seconds = run_pipeline(options, build, flags, plan, tables, progress_unit="documents compressed")
     counters = counter_values(result, COUNTERS)
-    summary = summarize(plan, counters, seconds)
+    summary = summarize(plan, counters, seconds, distribution_values(result))
     faults.point("written")
     summary["dead_letter_reasons"] = top_reasons(tables["dead letters"])
     streams = [Stream("--input", counters["records_read"], counters["dead_lettered"]),

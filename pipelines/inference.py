@@ -30,9 +30,10 @@ from commer.precision import emulated_bfloat16, resolve, resolve_device
 from commer.prompting import fit_documents
 from commer.task_prompt import TaskPromptError, load_task_prompt
 from pipelines import faults, progress
-from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
+from pipelines.batching import (BATCH_DISTRIBUTIONS, Batching, batch_key, batch_positions, padding_tokens,
+                                split_batches)
 from pipelines.flags import IN_PROMPT_MAX_TOKENS
-from pipelines.runtime import INFERENCE_NAMESPACE, CliError, checkpoint_config, counter
+from pipelines.runtime import INFERENCE_NAMESPACE, CliError, checkpoint_config, counter, distribution
 from schemas import Prediction
 from schemas.validation import ValidDocument, describe_errors
 
@@ -106,6 +107,9 @@ class Tokenize(beam.DoFn):
 
 _PADDING_TOKENS = counter("padding_tokens")
 _INFERRED = counter("documents_inferred")
+# What the batches are (run_summary.json's "batches"): their count, documents and positions, and how full
+# each is of its budget (per mille; a document longer than the budget fills its own batch past 1000).
+_BATCH_DOCUMENTS, _BATCH_POSITIONS, _BATCH_FILL = (distribution(name) for name in BATCH_DISTRIBUTIONS)
 
 
 class SplitBatches(beam.DoFn):
@@ -121,6 +125,10 @@ class SplitBatches(beam.DoFn):
     def process(self, element):
         for batch in split_batches(element, self.batching, self.budget):
             _PADDING_TOKENS.inc(padding_tokens(batch, self.batching.packed))
+            positions = batch_positions(batch, self.batching.K, self.batching.packed)
+            _BATCH_DOCUMENTS.update(len(batch))
+            _BATCH_POSITIONS.update(positions)
+            _BATCH_FILL.update(round(1000 * positions / self.budget))
             yield batch
 
 
