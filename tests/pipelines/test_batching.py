@@ -10,7 +10,7 @@ import pytest
 from batching_helpers import job_batches, measure
 from commer.packing import plan_batches
 from pipelines.batching import (KEY_BATCHES, SORT_WINDOW_BATCHES, Batching, batch_key, length_bucket,
-                                padding_fraction, plan_keys)
+                                padding_fraction, plan_keys, split_batches)
 from pipelines.flags import add_batching_flags
 
 K, BUDGET = 8, 1024  # the default checkpoint's K, the CPU default budget (the benchmark's tokens:1024)
@@ -111,6 +111,14 @@ def test_reruns_form_the_same_batches_and_every_document_is_in_one():
     assert runs[0] == runs[1]
     assert sorted(i for batch in runs[0] for i in batch) == sorted(doc[1] for doc in docs)  # each exactly once
     assert ["long"] in runs[0]  # alone, never cut or dropped
+
+
+def test_under_a_document_cap_a_window_holds_that_many_batches_of_documents():
+    """A count batch's budget is unlimited, so the sort window must also close on documents (bounded memory)."""
+    docs = [("u", f"d{i}", [5] * (10 if i % 2 else 1), None) for i in range(8)]
+    batching = Batching(K=K, max_batch_documents=2)
+    batches = list(split_batches(("k", iter(docs)), batching, 10 ** 9, window_batches=2))
+    assert [[len(doc[2]) for doc in batch] for batch in batches] == [[1, 1], [10, 10]] * 2  # two windows of 4
 
 
 def test_the_flags_say_what_the_planner_does():
