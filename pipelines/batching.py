@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 from pydantic import BaseModel, Field
 
-from commer.packing import cost, plan_batches
+from commer.packing import batch_cost, cost, plan_batches
 
 # A key is cut into batches a window at a time: up to this many batches' worth of positions are
 # sorted by length and planned together (bounded memory, near-equal neighbours).
@@ -161,8 +161,7 @@ def _planned_batches(docs: list, batching: Batching, budget: int):
 def batch_positions(batch, K: int, packed: bool) -> int:
     """Positions a batch of (user_id, doc_id, token ids) costs the model: Σ (tokens + K) packed, rows × the
     longest row padded (what the budget bounds)."""
-    costs = [cost(len(x[2]), K) for x in batch]
-    return sum(costs) if packed else len(costs) * max(costs)
+    return batch_cost([len(x[2]) for x in batch], K, padded=not packed)
 
 
 # The batches' distributions (SplitBatches updates one value of each per batch; run_summary.json's "batches").
