@@ -16,7 +16,8 @@ rotated order, and keeps its best loop and job time: on a shared machine, load d
 favours no mode.
 
 Reports docs/s, document tokens/s, ratios (÷ the reference; job ÷ bare loop of the same mode),
-padding efficiency, FLOP utilisation (2 × non-embedding parameters × positions ÷ time ÷ a
+padding efficiency, the number of batches and their mean fill of the token budget (the job's from its
+run_summary.json: it should form the loop's batches, issue 27), FLOP utilisation (2 × non-embedding parameters × positions ÷ time ÷ a
 matmul rate measured in this run) and on CUDA the peak GPU memory of the loop and of the job.
 
     python -m benchmarks.pipeline_throughput [--data PATH] [--documents 2000]
@@ -37,7 +38,7 @@ from benchmarks.compression_forward import (compress_seconds, length_sorted_batc
                                             peak_memory_mib, peak_memory_reset, raw_forward_seconds)
 from commer import ComMer
 from commer.defaults import default_checkpoint
-from commer.packing import padding_efficiency, plan_batches
+from commer.packing import batch_cost, padding_efficiency, plan_batches
 from commer.precision import resolve_device, resolve_dtype
 
 # A budget no batch reaches: with --batch_size N the job then cuts count batches, as before issue 12.
@@ -66,6 +67,14 @@ def loop_batches(kind: str, n: int, lengths: list[int], K: int) -> list[list[int
     if kind == "count":
         return length_sorted_batches([[0] * length for length in lengths], n)
     return plan_batches(lengths, n, K, padded=kind == "tokens")
+
+
+def mean_fill(kind: str, n: int, lengths: list[int], batches: list[list[int]], K: int) -> float | str:
+    """Positions per batch ÷ the budget (none for count batches), as the job's run_summary.json counts it."""
+    if kind == "count":
+        return ""
+    positions = sum(batch_cost([lengths[i] for i in b], K, padded=kind != "packed") for b in batches)
+    return positions / len(batches) / n
 
 
 def run_job(input_path: str, output: str, flags: list[str]) -> tuple[dict, dict]:
@@ -136,28 +145,32 @@ def main(argv=None) -> str:
                 job_best[mode] = min(job_best.get(mode, float("inf")), job["wall_s"])
                 runs[mode] = (batches, loop_memory, job, summary)
     startup = min(startups) if startups else 0.0
-    measured = []  # what, batching, documents, document tokens, seconds, job ÷ loop, padding eff., GPU MiB
+    # what, batching, documents, document tokens, seconds, job ÷ loop, padding eff., batches, mean fill, GPU MiB
+    measured = []
     for kind, size in modes:
         batches, loop_memory, job, summary = runs[(kind, size)]
         measured.append(["bare compress loop", f"{kind} {size}", n, tokens, loop_best[(kind, size)], "",
-                         padding_efficiency(lengths, batches, K, kind == "packed"), loop_memory])
+                         padding_efficiency(lengths, batches, K, kind == "packed"), len(batches),
+                         mean_fill(kind, size, lengths, batches, K), loop_memory])
         if args.loop_only:
             continue
         job_seconds, job_n = job_best[(kind, size)] - startup, summary["documents_compressed"]
         loop = loop_best[(kind, size)]
         measured.append(["compress_users (FnApiRunner, minus start-up)", f"{kind} {size}", job_n,
                          summary["counters"]["tokens"], job_seconds, (job_n / job_seconds) / (n / loop),
-                         summary["padding_efficiency"], job.get("peak_gpu_mib", 0.0)])
+                         summary["padding_efficiency"], summary["batches"]["count"],
+                         summary["batches"]["mean_fill"] if kind != "count" else "", job.get("peak_gpu_mib", 0.0)])
     # The better of two readings of each ceiling (before and after the modes), so the machine's drift
     # during the run favours no mode.
     reference = min(reference, raw_forward_seconds(model, ids, reference_batches, K))
     rate = max(rate, matmul_flops_per_second(matmul_dtype, device=device.type))
     params = non_embedding_parameters(model)
     measured.insert(0, ["raw forward, documents + K (reference)", f"count {len(reference_batches[0])}", n, tokens,
-                        reference, "", padding_efficiency(lengths, reference_batches, K, False), ""])
+                        reference, "", padding_efficiency(lengths, reference_batches, K, False), len(reference_batches),
+                        "", ""])
     rows = [[what, batching, docs_n / sec, doc_tokens / sec, (docs_n / sec) / (n / reference), vs_loop, padding,
-             2 * params * (doc_tokens + K * docs_n) / sec / rate, memory]
-            for what, batching, docs_n, doc_tokens, sec, vs_loop, padding, memory in measured]
+             batches, fill, 2 * params * (doc_tokens + K * docs_n) / sec / rate, memory]
+            for what, batching, docs_n, doc_tokens, sec, vs_loop, padding, batches, fill, memory in measured]
     head = (f"{n} documents, {tokens / n:.1f} tokens/document (min {min(lengths)}, max {max(lengths)}), K={K}, "
             f"{dtype} on {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}), "
             f"threads={torch.get_num_threads()}, matmul {rate / 1e9:.0f} GFLOP/s; "
@@ -165,7 +178,7 @@ def main(argv=None) -> str:
             + f", best of {args.rounds} round(s)")
     print("\n" + head)
     headers = ["what", "batching", "docs/s", "doc tokens/s", "÷ reference docs/s", "job ÷ bare loop", "padding eff.",
-               "FLOP util."]
+               "batches", "mean fill", "FLOP util."]
     if device.type == "cuda":
         headers.append("peak GPU MiB")
     else:

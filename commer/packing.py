@@ -77,12 +77,19 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, K: int, padded: 
     return batches
 
 
+def batch_cost(lengths: Sequence[int], K: int, padded: bool) -> int:
+    """Positions one batch of documents of these lengths costs the model (what a budget bounds): Σ (length + K)
+    packed, rows × the longest row padded."""
+    costs = [cost(length, K) for length in lengths]
+    return len(costs) * max(costs) if padded else sum(costs)
+
+
 def padding_efficiency(lengths: Sequence[int], batches: Sequence[Sequence[int]], K: int, packed: bool) -> float:
     """Real positions ÷ processed positions (1.0 for packed batches: no position is padding)."""
     real = sum(cost(lengths[i], K) for b in batches for i in b)
     if packed:
         return 1.0
-    processed = sum(len(b) * max(cost(lengths[i], K) for i in b) for b in batches)
+    processed = sum(batch_cost([lengths[i] for i in b], K, padded=True) for b in batches)
     return real / processed
 
 

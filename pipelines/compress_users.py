@@ -10,7 +10,8 @@ Pipeline (labels as in the Beam graph):
         ▼
     Reconcile (pipelines.reconcile.decide; dates new documents) ─► duplicates (dead letters), already-merged,
         ▼                                                                removals, carried
-    Tokenize ─► GroupByLength ─► SplitBatches (token budget) ─► Compress (RunInference, padded or packed)
+    Tokenize ─► KeyBatches (keys sized from the data) ─► GroupByLength ─► SplitBatches (token budget)
+        ─► Compress (RunInference, padded or packed)
         ▼
     MergeProfiles (CombinePerKey over user_id: Update → ProfileAccumulator) ─► Finalize ─► WriteProfiles
     (--half_life_days and --deletions: users whose deletions cancelled most weight ─► RebuildProfiles)
@@ -84,7 +85,7 @@ from pipelines.batching import Batching
 from pipelines.combiners import AccumulatorFn, unchanged
 from pipelines.compute_dtype import check_dtype, remote_note, run_dtype
 from pipelines.half_life import check_half_life
-from pipelines.inference import ComMerModelHandler, SplitBatches, Tokenize, unbatch
+from pipelines.inference import ComMerModelHandler, KeyBatches, SplitBatches, Tokenize, unbatch
 from pipelines.io import (DEAD, check_fingerprints, check_unique_users, input_table, match, read_records,
                           read_tables, write_dead_letters, write_tables)
 from pipelines.options import check_batching, dead_letter_folder, parse
@@ -94,7 +95,7 @@ from pipelines.profile_accumulator import Change, ProfileAccumulator, Update, ap
 from pipelines.profile_steps import CARRY, REBUILD, REMOVE, Finalize, RebuildProfiles, Reconcile
 from pipelines.reconcile import Event
 from pipelines.rejections import Stream, check_run, top_reasons
-from pipelines.runtime import (CliError, checkpoint_config, counter_values, new_run_id, run_cli,
+from pipelines.runtime import (CliError, checkpoint_config, counter_values, distribution_values, new_run_id, run_cli,
                                run_pipeline, write_json)
 from pipelines.tables import Commit, OutputTable, append_base, commit_outputs, paired_compressions, profile_tables
 from schemas import DocumentCompression
@@ -228,12 +229,13 @@ def build(p: beam.Pipeline, options: argparse.Namespace, plan: JobPlan, tables: 
 
     handler = ComMerModelHandler(plan.checkpoint, options.backbone, plan.dtype, options.device,
                                  options.cache_dir, large_model=options.large_model, packed=options.packed)
+    batching = Batching.from_flags(options, plan.K)
     compressed = (reconciled.to_compress
                   | "Tokenize" >> beam.ParDo(Tokenize(plan.checkpoint, options.backbone, options.cache_dir,
-                                                      plan.max_document_tokens, options.length_bucket_tokens,
-                                                      options.batch_shards))
+                                                      plan.max_document_tokens, options.length_bucket_tokens))
+                  | "KeyBatches" >> KeyBatches(batching, options.batch_shards)
                   | "GroupByLength" >> beam.GroupByKey()
-                  | "SplitBatches" >> beam.ParDo(SplitBatches(Batching.from_flags(options, plan.K)))
+                  | "SplitBatches" >> beam.ParDo(SplitBatches(batching))
                   | "Compress" >> RunInference(handler)
                   | "Unbatch" >> beam.FlatMap(unbatch))
     can_rebuild = plan.half_life_days is not None and bool(plan.deletion_files)
@@ -275,7 +277,7 @@ def run(argv: list[str]) -> dict:
               "but not yet useful for personalization", file=sys.stderr)
     result, seconds = run_pipeline(options, build, flags, plan, tables, progress_unit="documents compressed")
     counters = counter_values(result, COUNTERS)
-    summary = summarize(plan, counters, seconds)
+    summary = summarize(plan, counters, seconds, distribution_values(result))
     faults.point("written")
     summary["dead_letter_reasons"] = top_reasons(tables["dead letters"])
     streams = [Stream("--input", counters["records_read"], counters["dead_lettered"]),

@@ -134,11 +134,15 @@ def add_batching_flags(parser: argparse.ArgumentParser) -> None:
                        help="At most this many documents per batch (default: no limit; --max_batch_tokens sizes "
                             "the batches).")
     group.add_argument("--length_bucket_tokens", type=int, default=32,
-                       help="Documents are batched with others whose token count falls in the same bucket of this "
-                            "width, so padding per document is below this many tokens.")
-    group.add_argument("--batch_shards", type=int, default=8,
-                       help="Parallel batch streams per length bucket (more = more parallelism, more "
-                            "partially-filled batches).")
+                       help="Width of the length buckets the batch keys are planned from (by default adjacent "
+                            "buckets are joined until they hold 48 batches of documents, and larger ones split). "
+                            "A key's documents are sorted by length, 64 batches' worth at a time, before batching, "
+                            "so the width bounds the padding only in a key larger than that.")
+    group.add_argument("--batch_shards", type=int, default=None,
+                       help="Keys per length bucket, each planned into batches by one worker (default: from the "
+                            "data, one key per 24 to 48 batches of documents: a small job forms the batches of one "
+                            "sorted pass, a large one spreads over as many workers as it has work for). A fixed "
+                            "N gives every bucket N keys, each ending in a partly filled batch.")
 
 
 def add_dead_letter_flag(parser) -> None:

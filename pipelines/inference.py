@@ -18,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.transforms.combiners import TupleCombineFn
 from pydantic import BaseModel, Field, ValidationError
 from transformers import AutoTokenizer
 
@@ -26,14 +27,16 @@ from commer.backbone import resolve_backbone
 from commer.checkpoint import read_config
 from commer.defaults import BUNDLED_TASK_PROMPT
 from commer.model import tokenize_documents
+from commer.packing import cost
 from commer.precision import emulated_bfloat16, resolve, resolve_device
 from commer.prompting import fit_documents
 from commer.task_prompt import TaskPromptError, load_task_prompt
 from pipelines import faults, progress
-from pipelines.batching import Batching, batch_key, padding_tokens, split_batches
+from pipelines.batching import (BATCH_DISTRIBUTIONS, Batching, batch_key, batch_positions, length_bucket,
+                                padding_tokens, plan_keys, split_batches)
 from pipelines.elements import CompressedDocument, GenerationRequest, TokenizedDocument
 from pipelines.flags import IN_PROMPT_MAX_TOKENS
-from pipelines.runtime import INFERENCE_NAMESPACE, CliError, checkpoint_config, counter
+from pipelines.runtime import INFERENCE_NAMESPACE, CliError, checkpoint_config, counter, distribution
 from schemas import Prediction
 from schemas.validation import ValidDocument, describe_errors
 
@@ -86,11 +89,11 @@ def tokenize(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
 # ---- compress ---------------------------------------------------------------------------
 
 class Tokenize(beam.DoFn):
-    """ValidDocument → (length-bucket key, TokenizedDocument)."""
+    """ValidDocument → (length bucket, TokenizedDocument)."""
 
-    def __init__(self, checkpoint, backbone, cache, limit: int, width: int, shards: int):
+    def __init__(self, checkpoint, backbone, cache, limit: int, width: int):
         self.args = (checkpoint, backbone, cache)
-        self.limit, self.width, self.shards = limit, width, shards
+        self.limit, self.width = limit, width
         self.truncated, self.tokens = counter("truncated"), counter("tokens")
 
     def setup(self):
@@ -101,12 +104,52 @@ class Tokenize(beam.DoFn):
         if cut:
             self.truncated.inc()
         self.tokens.inc(len(ids))
-        yield (batch_key(doc.user_id, doc.doc_id, len(ids), self.width, self.shards),
-               TokenizedDocument(doc.user_id, doc.doc_id, ids, doc.created_at))
+        yield length_bucket(len(ids), self.width), TokenizedDocument(doc.user_id, doc.doc_id, ids, doc.created_at)
+
+
+class KeyBatches(beam.PTransform):
+    """(length bucket, document) → (batch key, document): the keys planned from every bucket's documents and
+    positions (pipelines.batching.plan_keys, on the budget of the worker's device), so a small job is one key
+    and a large job one key per up to KEY_BATCHES batches. `shards` (--batch_shards): a fixed number of keys
+    per bucket instead.
+
+    The plan is a side input because how many keys a bucket needs is known only once every document is
+    tokenized; it is a few numbers per bucket, but the tokenized documents are read twice (sizes, then keys),
+    which on Dataflow materializes them once more before the shuffle."""
+
+    def __init__(self, batching: Batching, shards: Optional[int] = None):
+        super().__init__()
+        self.batching, self.shards = batching, shards
+
+    def expand(self, documents):
+        keys = (documents
+                | "BucketSizes" >> beam.Map(_bucket_size, self.batching.K)
+                | "SumBuckets" >> beam.CombinePerKey(TupleCombineFn(sum, sum))
+                | "AllBuckets" >> beam.combiners.ToDict()
+                | "PlanKeys" >> beam.Map(_plan_keys, self.batching, self.shards))
+        return documents | "Key" >> beam.Map(_keyed, beam.pvalue.AsSingleton(keys))
+
+
+def _bucket_size(element, K: int):
+    bucket, doc = element
+    return bucket, (1, cost(len(doc.token_ids), K))  # (documents, positions)
+
+
+def _keyed(element, keys: dict):
+    bucket, doc = element
+    return batch_key(doc.user_id, doc.doc_id, bucket, keys), doc
+
+
+def _plan_keys(sizes: dict, batching: Batching, shards: Optional[int]) -> dict:
+    budget = batching.budget(resolve_device(batching.device))
+    return plan_keys(sizes, budget, batching.max_batch_documents, shards)
 
 
 _PADDING_TOKENS = counter("padding_tokens")
 _INFERRED = counter("documents_inferred")
+# What the batches are (run_summary.json's "batches"): their count, documents and positions, and how full
+# each is of its budget (per mille; a document longer than the budget fills its own batch past 1000).
+_BATCH_DOCUMENTS, _BATCH_POSITIONS, _BATCH_FILL = (distribution(name) for name in BATCH_DISTRIBUTIONS)
 
 
 class SplitBatches(beam.DoFn):
@@ -122,6 +165,10 @@ class SplitBatches(beam.DoFn):
     def process(self, element):
         for batch in split_batches(element, self.batching, self.budget):
             _PADDING_TOKENS.inc(padding_tokens(batch, self.batching.packed))
+            positions = batch_positions(batch, self.batching.K, self.batching.packed)
+            _BATCH_DOCUMENTS.update(len(batch))
+            _BATCH_POSITIONS.update(positions)
+            _BATCH_FILL.update(round(1000 * positions / self.budget))
             yield batch
 
 

@@ -162,7 +162,8 @@ def check_unique_users(files: Sequence[str], flag: str) -> None:
         return
     table = pa.concat_tables(columns)
     counts = table.group_by("user_id").aggregate([("file", "count")])
-    twice = counts.filter(pc.greater(counts["file_count"], 1))
+    # The first user by id, not by row order: the row order of a profiles table follows how its run batched.
+    twice = counts.filter(pc.greater(counts["file_count"], 1)).sort_by("user_id")
     if twice.num_rows:
         user = twice["user_id"][0].as_py()
         where = sorted(set(table.filter(pc.equal(table["user_id"], user))["file"].to_pylist()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from pipelines.batching import batch_report
 from pipelines.profile_steps import DATE_COUNTERS
 from pipelines.rejections import report_reasons
 
@@ -14,8 +15,8 @@ COUNTERS = ("records_read", "documents_valid", "dead_lettered", "duplicates", "a
             *DATE_COUNTERS)
 
 
-def summarize(plan, counters: dict[str, int], seconds: float) -> dict:
-    """The run summary from compress_users' JobPlan and its COUNTERS."""
+def summarize(plan, counters: dict[str, int], seconds: float, distributions: dict[str, dict] | None = None) -> dict:
+    """The run summary from compress_users' JobPlan, its COUNTERS and its distributions (the batches')."""
     accounted = (counters["compressed"] + counters["dead_lettered"] + counters["duplicates"]
                  + counters["already_merged"])
     useful = counters["tokens"] + plan.K * counters["compressed"]
@@ -43,6 +44,8 @@ def summarize(plan, counters: dict[str, int], seconds: float) -> dict:
         # Positions the model ran over (document tokens + K slots + padding), and the useful share.
         "processed_positions": processed,
         "padding_efficiency": round(useful / processed, 4) if processed else None,
+        # The model calls: how many, documents and positions per batch, mean fill of the token budget.
+        "batches": batch_report(distributions or {}),
         "counters": counters,
         "checkpoint": plan.checkpoint,
         "checkpoint_trained": plan.trained,

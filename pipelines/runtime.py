@@ -62,6 +62,11 @@ def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 
 
+def distribution(name: str):
+    """A distribution metric (count, sum, min, max of the values it is updated with) in NAMESPACE."""
+    return Metrics.distribution(NAMESPACE, name)
+
+
 def counters(*names: str) -> dict:
     """A DoFn's counters by name (all in NAMESPACE)."""
     return {name: counter(name) for name in names}
@@ -104,6 +109,20 @@ def counter_values(result, names=()) -> dict[str, int]:
         # Some runners only report attempted values.
         value = c.committed if c.committed is not None else c.attempted
         values[c.key.metric.name] = values.get(c.key.metric.name, 0) + int(value or 0)
+    return values
+
+
+def distribution_values(result) -> dict[str, dict]:
+    """A finished pipeline's distributions (NAMESPACE) by name: count, sum, min, max, merged over steps."""
+    values: dict[str, dict] = {}
+    for d in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["distributions"]:
+        value = d.committed if d.committed is not None else d.attempted
+        if value is None or not value.count:
+            continue
+        seen = values.setdefault(d.key.metric.name, {"count": 0, "sum": 0, "min": value.min, "max": value.max})
+        seen["count"] += value.count
+        seen["sum"] += value.sum
+        seen["min"], seen["max"] = min(seen["min"], value.min), max(seen["max"], value.max)
     return values
 
 

@@ -51,6 +51,8 @@ def test_pipeline_throughput_smoke(news):
                                           ["compress_users (FnApiRunner, minus start-up)", "tokens 300"],
                                           ["compress_users (FnApiRunner, minus start-up)", "packed 200"]]
     assert all(0 < float(r[6]) <= 1 for r in rows) and float(rows[-1][6]) == 1  # packed: no padding
+    for loop, job in zip(rows[1::2], rows[2::2]):  # 24 documents: one key, so the job forms the loop's batches
+        assert loop[1] == job[1] and loop[7:9] == job[7:9] and int(job[7]) > 1
 
 
 def test_pipeline_throughput_loop_only_runs_no_job(news, tmp_path):

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from batching_helpers import job_batches, measure
 from commer import ComMer
-from commer.packing import cost
+from commer.checkpoint import read_config
+from commer.packing import cost, plan_batches
 from pipelines.compress_users import SAMPLE_INPUT, main, run
 from pipelines.batching import DEFAULT_BATCH_TOKENS, Batching, split_batches
 from pipelines.elements import TokenizedDocument
-from pipelines.inference import resolve_device, shared_model
+from pipelines.inference import load_tokenizer, resolve_device, shared_model, tokenize
 from pipelines.io import match
 from pipelines.runtime import run_cli
 from schemas import DocumentCompression, Profile, from_table, read_parquet
@@ -115,6 +117,24 @@ def test_default_profiles_equal_the_count_batched_ones_of_before(default_run, ti
         assert_close(profiles[user].soft_prompt, before)
 
 
+def test_the_job_forms_the_batches_planned_in_plain_python(default_run, tiny_checkpoint, commer_cache):
+    """run_summary.json's batches are those of the plain-Python chain (tests/pipelines/batching_helpers.py) on
+    the same documents: the Beam wiring (sizes side input, keys, GroupByKey, SplitBatches) adds no batch."""
+    summary, _, _ = default_run
+    rows = [json.loads(line) for f in match(SAMPLE_INPUT, "--input") for line in open(f, encoding="utf-8")]
+    tokenizer = load_tokenizer(tiny_checkpoint, None, commer_cache)
+    limit = read_config(tiny_checkpoint).max_document_tokens
+    docs = [TokenizedDocument(r["user_id"], r["doc_id"], tokenize(tokenizer, r["text"], limit)[0]) for r in rows]
+    budget = DEFAULT_BATCH_TOKENS["cpu"]
+    want = job_batches(docs, Batching(K=K), budget)
+    got = summary["batches"]
+    loop = plan_batches([len(d.token_ids) for d in docs], budget, K, padded=True)
+    assert got["count"] == len(want) == len(loop)  # a small job: the loop's batches
+    assert got["documents"]["mean"] * got["count"] == pytest.approx(summary["documents_compressed"], abs=0.01)
+    assert (got["documents"]["min"], got["documents"]["max"]) == (min(map(len, want)), max(map(len, want)))
+    assert got["mean_fill"] == pytest.approx(measure(want, K, budget)["fill"], abs=1e-3)
+
+
 def test_packed_equals_padded(default_run, tmp_path, tiny_checkpoint, commer_cache):
     summary, profiles, compressions = sample_job(tmp_path, tiny_checkpoint, commer_cache, "packed",
                                                  "--packed", "--max_batch_tokens", "256")
@@ -132,5 +152,8 @@ def test_batch_invariance_in_the_job(default_run, tmp_path, tiny_checkpoint, com
     summary, _, compressions = sample_job(tmp_path, tiny_checkpoint, commer_cache, "alone", "--max_batch_tokens", "1")
     default_summary, _, want = default_run
     assert summary["padding_efficiency"] == 1.0 and default_summary["padding_efficiency"] < 1.0
+    # Each document its own batch, over many keys (each document is worth a batch of the 1-position budget).
+    assert summary["batches"]["count"] == summary["documents_compressed"]
+    assert summary["batches"]["documents"] == {"mean": 1, "min": 1, "max": 1}
     for key in want:
         assert_close(compressions[key], want[key])
