@@ -6,9 +6,9 @@ backbone is created once in the cache and used instead; its config says trained=
 every job that uses it says so.
 
 Beside it, commer/checkpoints/task_prompt/: the task prompt (prompt tuning without documents,
-commer.task_prompt; 8 soft tokens, a 400-step news schedule at batch 8 whose best validation was step 350:
-at least as many steps as the checkpoint's news stages, 101 + 100 + 200) -- the comparison every profile must beat, and the soft prompt a user without
-a profile gets.
+commer.task_prompt; 8 soft tokens, a 400-step news schedule at batch 8 whose best validation was
+step 350: at least as many steps as the checkpoint's news stages, 101 + 100 + 200) -- the comparison
+every profile must beat, and the soft prompt a user without a profile gets.
 """
 from __future__ import annotations
 
