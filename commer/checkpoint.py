@@ -4,6 +4,7 @@ A checkpoint folder holds:
     commer_config.json                  ComMerConfig (pydantic), fingerprint included
     compression_embeddings.safetensors  the K trainable input embeddings
     adapter/                            the LoRA adapter, as peft saves it
+    task_prompt.safetensors             the checkpoint's own task prompt (P, d), only when P > 0
 No pickle anywhere: safetensors and JSON only. This module reads and writes those files and
 computes hashes; `ComMer.from_pretrained` builds the model from what it reads here.
 """
@@ -29,6 +30,7 @@ CONFIG_FILE = "commer_config.json"
 EMBEDDINGS_FILE = "compression_embeddings.safetensors"
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TASK_PROMPT_FILE = "task_prompt.safetensors"
 # Checkpoints written before this config format recorded the backbone's v1 identity (a hash of
 # config.json and weight files as stored, transformers_version included).
 _LEGACY_IDENTITY_FORMAT = 1
@@ -47,11 +49,15 @@ class CheckpointWeights:
 
     compression_embeddings: torch.Tensor
     adapter: dict[str, torch.Tensor]
+    task_prompt: torch.Tensor | None = None
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The weights a checkpoint owns: compression embeddings and LoRA, float32, on CPU."""
+    """The weights a checkpoint owns: compression embeddings, LoRA and a task prompt if it has one, float32,
+    on CPU. (Without a task prompt the names are what they always were: older fingerprints still hold.)"""
     state = {"compression_embeddings": model.compression_embeddings}
+    if model.task_prompt is not None:
+        state["task_prompt"] = model.task_prompt
     state.update({f"lora.{k}": v for k, v in get_peft_model_state_dict(model.lm).items()})
     return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
@@ -98,7 +104,8 @@ def save_checkpoint(model, path: str, weights_dtype: str = "float32") -> None:
 
 
 def _trainable_parameters(model) -> list[torch.Tensor]:
-    return [model.compression_embeddings] + [p for n, p in model.lm.named_parameters() if "lora_" in n]
+    own = [model.compression_embeddings] + ([model.task_prompt] if model.task_prompt is not None else [])
+    return own + [p for n, p in model.lm.named_parameters() if "lora_" in n]
 
 
 def _save_local(model, folder: Path, weights_dtype: str) -> None:
@@ -108,6 +115,9 @@ def _save_local(model, folder: Path, weights_dtype: str) -> None:
     (folder / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
     save_file({"compression_embeddings": model.compression_embeddings.detach().cpu().to(dtype).contiguous()},
               str(folder / EMBEDDINGS_FILE))
+    if model.task_prompt is not None:
+        save_file({"task_prompt": model.task_prompt.detach().cpu().to(dtype).contiguous()},
+                  str(folder / TASK_PROMPT_FILE))
     model.lm.save_pretrained(str(folder / ADAPTER_DIR))
     if weights_dtype != "float32":
         # peft writes the adapter in the parameters' dtype; loading casts back to float32 exactly.
@@ -132,11 +142,12 @@ def read_config(path: str) -> ComMerConfig:
 
 
 def read_weights(path: str, cache: str | None = None) -> CheckpointWeights:
-    """The compression embeddings and LoRA adapter weights of a checkpoint folder."""
+    """The compression embeddings, LoRA adapter weights and task prompt (if any) of a checkpoint folder."""
     local = storage.local_copy(path, cache_dir(cache) / "checkpoints")
     embeddings = load_file(str(local / EMBEDDINGS_FILE))["compression_embeddings"]
     adapter = load_file(str(local / ADAPTER_DIR / ADAPTER_WEIGHTS))
-    return CheckpointWeights(embeddings, adapter)
+    task = local / TASK_PROMPT_FILE
+    return CheckpointWeights(embeddings, adapter, load_file(str(task))["task_prompt"] if task.is_file() else None)
 
 
 def backbone_for(path: str, config: ComMerConfig, backbone: str | None = None,

@@ -32,6 +32,9 @@ class ComMerConfig(BaseModel):
     backbone_hash: str = Field("", description="Backbone identity: sha256 of its tensors, math config and tokenizer (commer.backbone.hash_backbone); loading onto another backbone is refused.")
     hidden_size: int = Field(0, ge=0, description="Backbone hidden size d (the soft prompt is K×d).")
     num_compression_tokens: int = Field(8, gt=0, description="K: compression embeddings appended after each document.")
+    task_prompt_tokens: int = Field(0, ge=0, description=(
+        "P: soft tokens of the checkpoint's own task prompt, read before every profile's soft prompt "
+        "([BOS, task prompt, profile, instruction]); 0: none, the profile alone (the paper's generator)."))
     max_document_tokens: int = Field(256, gt=0, description="Documents longer than this are truncated (and counted), never an error.")
     max_prompt_tokens: int = Field(256, gt=0, description="Instruction prompts longer than this keep their last tokens.")
     max_answer_tokens: int = Field(64, gt=0, description="Answers (training targets, perplexity references) are truncated to this.")

@@ -3,11 +3,17 @@
     document tokens ++ K compression embeddings ──► backbone + LoRA ──► last-layer states
                                                                         at the K positions
     mean over a user's documents ──► soft prompt (K×d)
-    [soft prompt] ++ embed(prompt) ──► backbone, adapter disabled ──► answer
+    [task prompt?] ++ [soft prompt] ++ embed(prompt) ──► backbone, adapter disabled ──► answer
 
 The backbone is frozen and shared: the compressor is the backbone with a LoRA adapter on,
 the generator is the same backbone with the adapter off. Only the compression embeddings
 and the LoRA weights train (kept in float32 even on a bfloat16 backbone).
+
+A checkpoint may also carry its own task prompt (config.task_prompt_tokens = P > 0): P trained soft
+tokens read before every profile, so the profile need only carry what is particular to its user
+and the task's prior has its own room (a departure from the paper, whose generator reads the mean
+alone; issue 23 measured that mean carrying mostly the task). It trains with the rest and is part
+of the checkpoint's weights and fingerprint.
 """
 from __future__ import annotations
 
@@ -62,6 +68,9 @@ class ComMer(nn.Module):
             with torch.no_grad():
                 start = embedding(rows.to(embedding.weight.device))
             self.compression_embeddings = nn.Parameter(start.detach().float().clone())
+        P = self.config.task_prompt_tokens
+        # Loaded (from_pretrained) or attached (attach_task_prompt); zeros are never read as trained.
+        self.task_prompt = nn.Parameter(torch.zeros(P, d)) if P else None
         # Special tokens, taken explicitly (see commer.special_tokens).
         self.bos_id = leading_bos_id(tokenizer)
         self.end_of_answer_id = end_of_answer_id(tokenizer, self.uses_chat_template)
@@ -94,6 +103,12 @@ class ComMer(nn.Module):
                 f"{path}: compression embeddings have shape {tuple(weights.compression_embeddings.shape)}, "
                 f"config says {tuple(model.compression_embeddings.shape)}")
         model.compression_embeddings.data.copy_(weights.compression_embeddings)
+        if model.task_prompt is not None:
+            if weights.task_prompt is None or weights.task_prompt.shape != model.task_prompt.shape:
+                found = None if weights.task_prompt is None else tuple(weights.task_prompt.shape)
+                raise CheckpointError(f"{path}: task prompt has shape {found}, config says "
+                                      f"{tuple(model.task_prompt.shape)}")
+            model.task_prompt.data.copy_(weights.task_prompt)
         result = set_peft_model_state_dict(model.lm, weights.adapter)
         if getattr(result, "unexpected_keys", None):
             raise CheckpointError(f"{path}: adapter has weights the config does not describe: "
@@ -118,6 +133,14 @@ class ComMer(nn.Module):
         rows = torch.arange(K, device=self.device) % old
         self.compression_embeddings = nn.Parameter(self.compression_embeddings.detach()[rows].clone())
         self.config = self.config.model_copy(update={"num_compression_tokens": K})
+
+    def attach_task_prompt(self, soft_prompt: torch.Tensor) -> None:
+        """Give the checkpoint its own task prompt (P, d), read before every profile from now on --
+        e.g. a prompt-tuning task prompt on this backbone to start training from."""
+        if soft_prompt.ndim != 2 or soft_prompt.shape[1] != self.hidden_size:
+            raise ValueError(f"a task prompt is (P, {self.hidden_size}); got {tuple(soft_prompt.shape)}")
+        self.task_prompt = nn.Parameter(soft_prompt.detach().float().clone().to(self.device))
+        self.config = self.config.model_copy(update={"task_prompt_tokens": int(soft_prompt.shape[0])})
 
     def save_pretrained(self, path: str, weights_dtype: str = "float32", training: dict | None = None) -> None:
         """weights_dtype="bfloat16" halves the files (see commer.checkpoint.save_checkpoint). `training`:
@@ -271,20 +294,28 @@ class ComMer(nn.Module):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids[: self.config.max_answer_tokens] + [self.end_of_answer_id]
 
-    def _generator_batch(self, soft_prompts: Sequence[SoftPrompt], token_rows: Sequence[list[int]]):
-        """Left-padded rows [pad, BOS?, soft prompt, tokens] → (embeds, attention mask, positions).
+    def _generator_batch(self, soft_prompts: Sequence[SoftPrompt], token_rows: Sequence[list[int]],
+                         task_prompt: bool | Sequence[bool] = True):
+        """Left-padded rows [pad, BOS?, task prompt?, soft prompt, tokens] → (embeds, attention mask, positions).
 
         Positions restart at 0 after the padding, so a row's result does not depend on how
-        much padding its batch needed. A missing soft prompt (a user with no documents)
-        simply contributes no positions. BOS, for backbones that expect one, opens the row.
+        much padding its batch needed. A missing soft prompt (None: no personalization at all)
+        simply contributes no positions, and no task prompt. BOS, for backbones that expect one,
+        opens the row. `task_prompt` (per row, or for all): read the checkpoint's own task prompt
+        before the soft prompt, if it has one; False where the soft prompt is read for another
+        purpose than the task (reconstructing a document). An empty (0, d) soft prompt with the
+        task prompt is a user without documents answered by the task prompt alone (cold start).
         """
+        flags = [task_prompt] * len(soft_prompts) if isinstance(task_prompt, bool) else list(task_prompt)
         # Row b: S_b soft-prompt rows (K for a mean, n·K for a concatenation, 0 without one),
         # N_b tokens, 1 BOS or none; R_b = S_b + N_b (+ 1); T = max R_b; d = hidden size.
         rows = []
-        for soft, tokens in zip(soft_prompts, token_rows):
+        for soft, tokens, with_task in zip(soft_prompts, token_rows, flags):
             token_embeds = self.embed(torch.as_tensor(tokens, dtype=torch.long, device=self.device))  # (N_b, d)
             if soft is not None:
                 soft = torch.as_tensor(soft, device=self.device).to(token_embeds.dtype)  # (S_b, d)
+                if with_task and self.task_prompt is not None:
+                    soft = torch.cat([self.task_prompt.to(token_embeds.dtype), soft], dim=0)  # (P + S_b, d)
                 token_embeds = torch.cat([soft, token_embeds], dim=0)  # (S_b + N_b, d)
             if self.bos_id is not None:
                 bos = self.embed(torch.tensor([self.bos_id], device=self.device))  # (1, d)
@@ -310,13 +341,14 @@ class ComMer(nn.Module):
         return [merged[i] if len(docs) else None for i, docs in enumerate(documents)]
 
     def answer_logits(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
-                      answers: Sequence[str], max_prompt_tokens: int | None = None
-                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                      answers: Sequence[str], max_prompt_tokens: int | None = None,
+                      task_prompt: bool | Sequence[bool] = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per example: float32 logits at the positions that predict the answer tokens, (A, V), and
-        those tokens, (A,). Only those positions go through the LM head, not the whole sequence."""
+        those tokens, (A,). Only those positions go through the LM head, not the whole sequence.
+        `task_prompt`: see _generator_batch (False to read a compression for reconstruction)."""
         answer_rows = [self.answer_ids(a) for a in answers]  # A_b answer tokens (end-of-answer included)
         token_rows = [self.prompt_ids(x, max_prompt_tokens) + a for x, a in zip(instructions, answer_rows)]
-        embeds, mask, positions = self._generator_batch(soft_prompts, token_rows)  # (B, T, d), (B, T), (B, T)
+        embeds, mask, positions = self._generator_batch(soft_prompts, token_rows, task_prompt)  # (B, T, d) ...
         with self.lm.disable_adapter():
             hidden = self.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
         width = hidden.shape[1]  # hidden: (B, T, d)
@@ -329,20 +361,22 @@ class ComMer(nn.Module):
         return out
 
     def answer_nll(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
-                   answers: Sequence[str], max_prompt_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   answers: Sequence[str], max_prompt_tokens: int | None = None,
+                   task_prompt: bool | Sequence[bool] = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example summed negative log-likelihood of the answer tokens, and their count.
 
         Only answer tokens are scored (the paper's loss).
         """
-        rows = self.answer_logits(soft_prompts, instructions, answers, max_prompt_tokens)
+        rows = self.answer_logits(soft_prompts, instructions, answers, max_prompt_tokens, task_prompt)
         nll = [F.cross_entropy(logits, target, reduction="sum") for logits, target in rows]
         count = [len(target) for _, target in rows]
         return torch.stack(nll), torch.tensor(count, device=self.device, dtype=torch.float32)  # (B,), (B,)
 
     def documents_nll(self, documents: Sequence[Sequence[str]], instructions: Sequence[str],
-                      answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+                      answers: Sequence[str], task_prompt: bool | Sequence[bool] = True
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """answer_nll given each example's documents, end to end through compressor and merge."""
-        return self.answer_nll(self.merge_documents(documents), instructions, answers)
+        return self.answer_nll(self.merge_documents(documents), instructions, answers, task_prompt=task_prompt)
 
     def loss(self, documents: Sequence[Sequence[str]], instructions: Sequence[str],
              answers: Sequence[str]) -> torch.Tensor:
@@ -351,9 +385,13 @@ class ComMer(nn.Module):
         return nll.sum() / count.sum()
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """What training updates, by group (each with its own learning rate): LoRA, compression embeddings."""
-        return {"lora": [p for n, p in self.lm.named_parameters() if "lora_" in n],
-                "compression_embeddings": [self.compression_embeddings]}
+        """What training updates, by group (each with its own learning rate): LoRA, compression embeddings,
+        and the task prompt where the checkpoint has one."""
+        groups = {"lora": [p for n, p in self.lm.named_parameters() if "lora_" in n],
+                  "compression_embeddings": [self.compression_embeddings]}
+        if self.task_prompt is not None:
+            groups["task_prompt"] = [self.task_prompt]
+        return groups
 
     def training_stages(self) -> list[dict]:
         """The recorded stages that trained these weights so far (empty for a fresh model)."""

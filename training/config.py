@@ -79,6 +79,9 @@ class TrainConfig(BaseModel):
         "With init_checkpoint: grow its K to this many compression tokens, repeating the trained "
         "embeddings (commer.model.ComMer.grow_compression_tokens), so a larger K starts from a trained "
         "compressor; None keeps the checkpoint's K."))
+    init_task_prompt: Optional[str] = Field(None, description=(
+        "A prompt-tuning folder (commer.task_prompt) whose soft prompt becomes the checkpoint's own task prompt, "
+        "read before every profile and trained with it (lr_task_prompt); method=commer."))
     backbone: str = Field("default", description="Backbone reference for a fresh model.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Backbone precision.")
     num_compression_tokens: int = Field(8, ge=1, description="K (ComMer) or soft-prompt length (prompt tuning).")
@@ -96,6 +99,8 @@ class TrainConfig(BaseModel):
     lr_lora: float = Field(1e-4, gt=0, description="Peak learning rate of the LoRA weights.")
     lr_embeddings: float = Field(1e-2, gt=0, description="Peak learning rate of the compression embeddings.")
     lr_prompt: float = Field(3e-2, gt=0, description="Peak learning rate of the prompt-tuning soft prompt.")
+    lr_task_prompt: float = Field(3e-3, gt=0, description="Peak learning rate of a ComMer checkpoint's own task "
+                                                          "prompt (init_task_prompt: it starts trained).")
     weight_decay: float = Field(0.001, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(0.3, gt=0, description="Gradient clipping norm.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps with linear warm-up before cosine decay.")
@@ -140,6 +145,8 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _growth_needs_a_checkpoint(self) -> "TrainConfig":
         # A fresh model takes num_compression_tokens directly; growing is for a trained compressor.
+        if self.init_task_prompt and self.method != "commer":
+            raise ValueError("init_task_prompt is for method=commer (prompt tuning's soft prompt is its task prompt)")
         if self.grow_compression_tokens and (not self.init_checkpoint or self.method != "commer"):
             raise ValueError("grow_compression_tokens needs method=commer and an init_checkpoint to grow "
                              "(for a fresh model set num_compression_tokens)")

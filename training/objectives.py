@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from training.distillation import TeacherCache, distillation_kl, example_key
-from training.tasks.base import DataError, Example
+from training.tasks.base import DataError, Example, reads_task_prompt
 
 
 class Objective:
@@ -36,7 +36,8 @@ class Objective:
     def __call__(self, model, examples: list[Example], total_tokens: float) -> tuple[torch.Tensor, dict]:
         """(loss to backpropagate, its parts as floats summed over the micro-batch)."""
         rows = model.answer_logits(model.merge_documents([e.documents for e in examples]),
-                                   [e.instruction for e in examples], [e.answer for e in examples])
+                                   [e.instruction for e in examples], [e.answer for e in examples],
+                                   task_prompt=reads_task_prompt(examples))
         nll = torch.stack([F.cross_entropy(logits, target, reduction="sum") for logits, target in rows])
         count = torch.tensor([float(len(t)) for _, t in rows], device=nll.device)
         loss = nll.sum()

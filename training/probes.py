@@ -94,7 +94,8 @@ def reconstruction_perplexity(model, documents: Sequence[str], num_merged: int, 
             batch = examples[start: start + batch_size]
             ins = [e.instruction for e in batch]
             ans = [e.answer for e in batch]
-            n, c = model.answer_nll(model.merge_documents([e.documents for e in batch]), ins, ans)
+            # A compression read to reproduce its document: never after a checkpoint's task prompt.
+            n, c = model.answer_nll(model.merge_documents([e.documents for e in batch]), ins, ans, task_prompt=False)
             nll += float(n.sum())
             tokens += float(c.sum())
             if reference:

@@ -92,8 +92,9 @@ class PromptTuning(nn.Module):
 
     # ---- what training asks of a model (training.trainable.Trainable) ----------------------
 
-    def documents_nll(self, documents, instructions, answers):
-        """answer_nll given each example's documents (as text, after the soft prompt)."""
+    def documents_nll(self, documents, instructions, answers, task_prompt=True):
+        """answer_nll given each example's documents (as text, after the soft prompt). `task_prompt` is
+        ComMer's (whether to read its own task prompt); here the soft prompt is the task prompt."""
         return self.answer_nll(documents, instructions, answers)
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:

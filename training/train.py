@@ -30,12 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from commer import BackboneError, CheckpointError, ComMer, ComMerConfig
+from commer.task_prompt import load_task_prompt
 from training.config import ConfigError, TrainConfig
 from training.distillation import prepare_cache
 from training.objectives import Objective
 from training.probes import compression_spread, spread_documents
 from training.prompt_tuning import PromptTuning
-from training.tasks import DataError, Example, load_examples
+from training.tasks import DataError, Example, load_examples, reads_task_prompt
 from training.trainable import Trainable
 
 log = logging.getLogger("training")
@@ -60,18 +61,24 @@ def build_model(config: TrainConfig, resume_from: Path | None = None):
         model = ComMer.from_pretrained(str(source), dtype=config.dtype, cache=config.cache_dir)
         if resume_from is None and config.grow_compression_tokens:
             model.grow_compression_tokens(config.grow_compression_tokens)  # a run folder has grown already
-        return model
-    return ComMer.from_backbone(config.backbone, ComMerConfig(
-        num_compression_tokens=config.num_compression_tokens, max_document_tokens=config.max_document_tokens,
-        max_prompt_tokens=config.max_prompt_tokens, max_answer_tokens=config.max_answer_tokens,
-        seed=config.model_seed,
-        lora={"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-              "target_modules": list(config.lora_target_modules)},
-    ), dtype=config.dtype, cache=config.cache_dir)
+    else:
+        model = ComMer.from_backbone(config.backbone, ComMerConfig(
+            num_compression_tokens=config.num_compression_tokens, max_document_tokens=config.max_document_tokens,
+            max_prompt_tokens=config.max_prompt_tokens, max_answer_tokens=config.max_answer_tokens,
+            seed=config.model_seed,
+            lora={"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                  "target_modules": list(config.lora_target_modules)},
+        ), dtype=config.dtype, cache=config.cache_dir)
+    if resume_from is None and config.init_task_prompt:  # a run folder has its task prompt already
+        task = load_task_prompt(config.init_task_prompt)
+        task.check_backbone(model.identity.content_hash, model.hidden_size)
+        model.attach_task_prompt(task.soft_prompt)
+    return model
 
 
 # The TrainConfig field holding each group's peak learning rate (Trainable.trainable_parameters' names).
-LEARNING_RATES = {"lora": "lr_lora", "compression_embeddings": "lr_embeddings", "soft_prompt": "lr_prompt"}
+LEARNING_RATES = {"lora": "lr_lora", "compression_embeddings": "lr_embeddings", "soft_prompt": "lr_prompt",
+                  "task_prompt": "lr_task_prompt"}
 
 
 def param_groups(model: Trainable, config: TrainConfig) -> list[dict]:
@@ -86,7 +93,7 @@ def param_groups(model: Trainable, config: TrainConfig) -> list[dict]:
 def example_nll(model: Trainable, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed answer NLL and token counts, for either kind of model."""
     return model.documents_nll([e.documents for e in examples], [e.instruction for e in examples],
-                               [e.answer for e in examples])
+                               [e.answer for e in examples], task_prompt=reads_task_prompt(examples))
 
 
 def autoencoding_examples(config: TrainConfig, num_task_examples: int) -> list[Example]:

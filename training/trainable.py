@@ -13,8 +13,10 @@ from torch import nn
 @runtime_checkable
 class Trainable(Protocol):
     def documents_nll(self, documents: Sequence[Sequence[str]], instructions: Sequence[str],
-                      answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example summed NLL of the answer tokens and their count, given each example's documents."""
+                      answers: Sequence[str], task_prompt: bool | Sequence[bool] = True
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example summed NLL of the answer tokens and their count, given each example's documents
+        (`task_prompt`, per example: read for the task -- False for a reconstruction example)."""
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """The weights training updates, by group name (each group has its own learning rate)."""

@@ -1,6 +1,8 @@
 """Task loaders: each builds `Example`s (documents, instruction, answer) for a split."""
 from commer.prompting import bm25_top  # noqa: F401
-from training.tasks.base import MAX_EXAMPLE_CHARS, DataError, Example, split_of  # noqa: F401
+from training.tasks.base import (  # noqa: F401
+    AUTOENCODING, MAX_EXAMPLE_CHARS, DataError, Example, reads_task_prompt, split_of,
+)
 from training.tasks import lamp, news, perltqa, pretraining
 
 

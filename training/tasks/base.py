@@ -36,6 +36,16 @@ class Example:
         return sum(len(d) for d in self.documents) + len(self.instruction) + len(self.answer)
 
 
+# Example.meta key marking a reconstruction example (pretraining, or the auto-encoding mix): its soft
+# prompt is read to reproduce a document, not for the task, so never after a checkpoint's task prompt.
+AUTOENCODING = "autoencoding"
+
+
+def reads_task_prompt(examples: Sequence[Example]) -> list[bool]:
+    """Per example: whether its soft prompt is read for the task, after the model's task prompt if it has one."""
+    return [not e.meta.get(AUTOENCODING, False) for e in examples]
+
+
 def split_of(user_key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
     """'train' / 'val' / 'test' for a user, from sha256 of its key: fixed and order-free."""
     h = int(hashlib.sha256(user_key.encode("utf-8")).hexdigest()[:12], 16) / float(16 ** 12)

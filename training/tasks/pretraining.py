@@ -11,7 +11,7 @@ import random
 import re
 from pathlib import Path
 
-from training.tasks.base import DataError, Example, drop_long, read_jsonl, require_file, split_of
+from training.tasks.base import AUTOENCODING, DataError, Example, drop_long, read_jsonl, require_file, split_of
 
 DOC_CHARS = 150
 _WIKI_HEADING = re.compile(r"^\s*=( =)* .* (= )*=\s*$")
@@ -113,6 +113,7 @@ def make_examples(docs: list[str], num_documents: int, seed: int, prefix: str = 
             answer=group[n],
             user_id=f"{prefix}group{start // num_documents}",
             example_id=f"{prefix}{start // num_documents}",
+            meta={AUTOENCODING: True},
         ))
     return drop_long(examples)
 
