@@ -14,7 +14,7 @@ from training.distillation import (
 )
 from training.objectives import Objective
 from training.prompt_tuning import PromptTuning
-from training.tasks import DataError, Example
+from training.tasks import AUTOENCODING, DataError, Example
 from training.tasks import news
 
 from test_training_loop import training_config, word_examples
@@ -192,3 +192,36 @@ def test_training_with_both_terms_and_autocast_runs_logs_and_resumes(tiny_backbo
     a = ComMer.from_pretrained(whole["final"], cache=commer_cache)
     b = ComMer.from_pretrained(resumed["final"], cache=commer_cache)
     assert torch.allclose(a.compression_embeddings, b.compression_embeddings, atol=1e-6)
+
+
+def test_a_task_prompt_trains_with_the_task_and_stays_out_of_reconstruction(tiny_model, tiny_backbone, commer_cache,
+                                                                            tmp_path, monkeypatch):
+    task = word_examples(2)
+    reconstruction = [Example(["Document 1: a river"], "What does document 1 contain?", "a river",
+                              meta={AUTOENCODING: True})]
+    before = [float(Objective()(tiny_model, batch, 10.0)[0]) for batch in (task, reconstruction)]
+    tiny_model.attach_task_prompt(torch.randn(2, tiny_model.hidden_size) * float(tiny_model.embed.weight.std()))
+    tiny_model.train()
+    loss, _ = Objective()(tiny_model, task, 10.0)
+    assert float(loss) != pytest.approx(before[0], rel=1e-4)
+    loss.backward()
+    assert tiny_model.task_prompt.grad.abs().sum() > 0
+    tiny_model.zero_grad()
+    loss, _ = Objective()(tiny_model, reconstruction, 10.0)
+    assert float(loss) == pytest.approx(before[1], rel=1e-5)
+    loss.backward()
+    assert tiny_model.task_prompt.grad is None or tiny_model.task_prompt.grad.abs().sum() == 0
+    # Training from a prompt-tuning folder: the run's checkpoint carries it, trained at its own rate.
+    start = PromptTuning.from_backbone(tiny_backbone, 2, cache=commer_cache)
+    start.save_pretrained(str(tmp_path / "tp"))
+    monkeypatch.setattr(train_mod, "load_examples", lambda config, split, limit=None: word_examples(8))
+    config = training_config(tiny_backbone, commer_cache, tmp_path / "a", init_task_prompt=str(tmp_path / "tp"),
+                             lr_task_prompt=1e-2, max_steps=2, eval_every=2)
+    model = train_mod.build_model(config)
+    assert {g["name"]: g["lr"] for g in train_mod.param_groups(model, config)}["task_prompt"] == 1e-2
+    from commer import ComMer
+    trained = ComMer.from_pretrained(train_mod.train(config, progress=False)["final"], cache=commer_cache)
+    assert trained.config.task_prompt_tokens == 2
+    assert not torch.allclose(trained.task_prompt.data, start.soft_prompt.data)
+    with pytest.raises(ValueError, match="init_task_prompt"):
+        training_config(tiny_backbone, commer_cache, tmp_path, method="prompt_tuning", init_task_prompt="x")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from training.tasks import DataError, MAX_EXAMPLE_CHARS, bm25_top, split_of
-from training.tasks import lamp, news, perltqa, pretraining
+from training.tasks import lamp, news, perltqa, pretraining, reads_task_prompt
 
 F = Path(__file__).parent / "fixtures" / "training"
 
@@ -176,6 +176,8 @@ def test_pretraining_examples_shape(tmp_path):
         n = int(ex.instruction.split()[-2])
         assert ex.instruction == f"What does document {n} contain?"
         assert ex.documents[n - 1] == f"Document {n}: {ex.answer}" and len(ex.answer) <= 150
+    # Reconstruction examples: never read after a checkpoint's own task prompt.
+    assert reads_task_prompt(examples) == [False] * len(examples)
 
 
 def test_pretraining_parquet_and_errors(tmp_path):
