@@ -62,9 +62,10 @@ parser.add_argument("--seed", type=int, default=0,
                          "so results do not depend on batching.")
 parser.add_argument("--batch_size", type=int, default=16, help="Queries generated together per model call.")
 parser.add_argument("--task_prompt", default="default",
-                    help="--mode=commer, a user without a profile (personalized=false, counted): default: the task "
-                         "prompt bundled beside the default checkpoint, if it fits the checkpoint's backbone; a "
-                         "folder (training.train --method prompt_tuning --num_documents 0); none: no soft prompt.")
+                    help="--mode=commer, a user without a profile (personalized=false, counted): default: the "
+                         "checkpoint's own task prompt if it has one, else the one bundled beside the default "
+                         "checkpoint if it fits the checkpoint's backbone; a folder (training.train --method "
+                         "prompt_tuning --num_documents 0); none: no soft prompt.")
 add_merge_flags(parser)
 add_dead_letter_flag(parser)
 add_model_flags(parser)

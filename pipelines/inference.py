@@ -330,7 +330,8 @@ class ComMerGenerator(ModelHandler[GenerationRequest, dict, _Loaded]):
         progress.now()
         progress.add(progress.DONE, len(rows))
         for r, text, p, x, n, ppl, base in zip(rows, texts, soft, instructions, doc_counts, perplexity, unpersonalized):
-            tokens = len(m.prompt_ids(x, limit)) + (len(p) if p is not None else 0)
+            # A soft prompt is read after the checkpoint's own task prompt, if it has one (P more positions).
+            tokens = len(m.prompt_ids(x, limit)) + (len(p) + m.config.task_prompt_tokens if p is not None else 0)
             yield Prediction(user_id=r.user_id, query_id=r.query_id, instruction=r.instruction, prediction=text,
                              personalized=r.personalized, doc_count=n, reference=r.reference,
                              perplexity=ppl, perplexity_unpersonalized=base, prompt_tokens=tokens,
@@ -349,14 +350,25 @@ def _perplexities(model, which: list[int], soft: list, instructions: list[str], 
     return out
 
 
+# GenerationSettings.task_prompt for a checkpoint with its own task prompt: the model reads it before any
+# soft prompt, so a user without a profile is answered with an empty one -- the task prompt alone.
+CHECKPOINT_TASK_PROMPT = "checkpoint"
+
+
 def cold_start_folder(flag: str, config) -> Optional[str]:
     """--task_prompt → the folder a user without a profile is answered with, checked against the checkpoint's
     backbone (a task prompt is a soft prompt in that backbone's embedding space), or None.
 
-    'default' is the task prompt bundled beside the default checkpoint when it fits this checkpoint's
-    backbone, else None (said once in the log); a folder that does not fit is one CLI line."""
+    'default' is the checkpoint's own task prompt when it has one (CHECKPOINT_TASK_PROMPT), else the task
+    prompt bundled beside the default checkpoint when it fits this checkpoint's backbone, else None (said
+    once in the log); a folder that does not fit is one CLI line."""
     if flag == "none":
         return None
+    if config.task_prompt_tokens:
+        if flag != "default":
+            raise CliError("--task_prompt: this checkpoint reads its own task prompt before every profile; a user "
+                           "without a profile gets it with --task_prompt=default (or none: no soft prompt)")
+        return CHECKPOINT_TASK_PROMPT
     folder = str(BUNDLED_TASK_PROMPT) if flag == "default" else flag
     try:
         load_task_prompt(folder).check_backbone(config.backbone_hash, config.hidden_size)
@@ -369,7 +381,10 @@ def cold_start_folder(flag: str, config) -> Optional[str]:
 
 
 def cold_start_prompt(settings: GenerationSettings) -> Optional[np.ndarray]:
-    """The (K, d) task prompt of `settings` as the array PlanUser hands out, or None."""
+    """The (K, d) task prompt of `settings` as the array PlanUser hands out ((0, d) where the checkpoint reads
+    its own before it), or None."""
+    if settings.task_prompt == CHECKPOINT_TASK_PROMPT:
+        return np.zeros((0, read_config(settings.checkpoint).hidden_size), dtype=np.float32)
     return load_task_prompt(settings.task_prompt).soft_prompt.numpy() if settings.task_prompt else None
 
 

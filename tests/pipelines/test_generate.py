@@ -1,5 +1,6 @@
 """generate job on the tiny model (DirectRunner): join, flags, fingerprints, in-prompt baseline."""
 import json
+import math
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -327,3 +328,34 @@ def test_rerun_into_the_same_output_adds_a_version(tiny, tiny_checkpoint, commer
     assert len(table_rows(out / "predictions")) == len(QUERIES)
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["committed"] == {"dead letters": 1, "predictions": 1}
+
+
+def test_a_checkpoint_with_its_own_task_prompt_answers_a_new_user_with_it(generated, tiny_checkpoint, commer_cache,
+                                                                          tmp_path, capsys):
+    """A checkpoint that reads its own task prompt before every profile: a user without one is answered by
+    that task prompt alone (not twice, not the bundled one); another folder is refused in one line."""
+    import torch
+    from pipelines import generate
+    own = ComMer.from_pretrained(tiny_checkpoint, cache=commer_cache)
+    tp = torch.randn(2, own.hidden_size) * 0.05
+    own.attach_task_prompt(tp)
+    own.save_pretrained(str(tmp_path / "ckpt"))
+    profiles = write_profiles(own, tmp_path / "profiles")
+    argv = RUNNER + [f"--profiles={profiles}", f"--queries={generated['queries']}", f"--checkpoint={tmp_path / 'ckpt'}",
+                     f"--cache_dir={commer_cache}", "--max_new_tokens=6", "--batch_size=2"]
+    assert generate.main(argv + [f"--output={tmp_path / 'out'}"]) == 0
+    rows = _predictions(tmp_path / "out")
+    q5, q1 = QUERIES[4], QUERIES[0]
+    assert rows["q5"]["personalized"] is False and rows["q5"]["doc_count"] == 0
+    # The task prompt alone: what the model reads for an empty profile, i.e. the prompt read as a soft prompt.
+    alone = own.answer_nll([tp], [q5["instruction"]], [q5["reference"]], task_prompt=False)
+    assert rows["q5"]["perplexity"] == pytest.approx(math.exp(float(alone[0][0] / alone[1][0])), rel=1e-4)
+    assert rows["q5"]["prompt_tokens"] == 2 + len(own.prompt_ids(q5["instruction"]))
+    assert rows["q1"]["personalized"] is True and rows["q1"]["prompt_tokens"] == 2 + own.K + len(
+        own.prompt_ids(q1["instruction"]))
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["predictions_task_prompt"] == 1
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(generate.main, argv + [f"--output={tmp_path / 'o2'}", f"--task_prompt={tmp_path / 'elsewhere'}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--task_prompt" in err and "own task prompt" in err.strip().splitlines()[-1]
