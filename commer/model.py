@@ -399,9 +399,10 @@ class ComMer(nn.Module):
 
     @torch.inference_mode()
     def perplexity(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
-                   answers: Sequence[str], max_prompt_tokens: int | None = None) -> torch.Tensor:
-        """Per-example perplexity of a reference answer given a soft prompt."""
-        nll, count = self.answer_nll(soft_prompts, instructions, answers, max_prompt_tokens)
+                   answers: Sequence[str], max_prompt_tokens: int | None = None,
+                   task_prompt: bool | Sequence[bool] = True) -> torch.Tensor:
+        """Per-example perplexity of a reference answer given a soft prompt (`task_prompt`: _generator_batch)."""
+        nll, count = self.answer_nll(soft_prompts, instructions, answers, max_prompt_tokens, task_prompt)
         return torch.exp(nll / count).cpu()
 
     # ---- generation ---------------------------------------------------------------------
@@ -409,16 +410,19 @@ class ComMer(nn.Module):
     @torch.inference_mode()
     def generate(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
                  max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None, max_prompt_tokens: int | None = None) -> list[str]:
+                 top_p: float = 1.0, seed: int | None = None, max_prompt_tokens: int | None = None,
+                 task_prompt: bool | Sequence[bool] = True) -> list[str]:
         """Answers from the frozen backbone (adapter off), greedy unless do_sample.
 
         An answer ends at the end-of-answer token (or eos). `max_prompt_tokens` overrides the
-        checkpoint's instruction limit (prompts keep their last tokens).
+        checkpoint's instruction limit (prompts keep their last tokens). `task_prompt`: whether a soft
+        prompt is read after the checkpoint's own task prompt (_generator_batch); False reads it alone,
+        e.g. the bundled task prompt as the baseline it is.
         """
         eos = self.end_of_answer_id
         stops = torch.tensor(self.stop_ids, device=self.device)
         embeds, mask, positions = self._generator_batch(
-            soft_prompts, [self.prompt_ids(x, max_prompt_tokens) for x in instructions])
+            soft_prompts, [self.prompt_ids(x, max_prompt_tokens) for x in instructions], task_prompt)
         rng = torch.Generator(device=self.device)
         rng.manual_seed(0 if seed is None else seed)
         batch = embeds.shape[0]

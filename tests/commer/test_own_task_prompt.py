@@ -33,13 +33,17 @@ def test_a_profile_is_read_after_the_task_prompt_a_reconstruction_and_none_are_n
         none_after, _ = tiny_model.answer_nll([None, None], INSTRUCTIONS, ANSWERS)
         # A user without documents answered by the task prompt alone: an empty profile.
         cold, _ = tiny_model.answer_nll([torch.zeros(0, tiny_model.hidden_size)] * 2, INSTRUCTIONS, ANSWERS)
-        alone, _ = tiny_model.answer_nll([tp, tp], INSTRUCTIONS, ANSWERS, task_prompt=False)
+        alone, count = tiny_model.answer_nll([tp, tp], INSTRUCTIONS, ANSWERS, task_prompt=False)
     assert not torch.allclose(after, before.detach(), atol=1e-4)
     torch.testing.assert_close(after, joined, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(reconstruction, before.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(mixed, torch.stack([after[0], before.detach()[1]]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(none_after, none_before, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(cold, alone, atol=1e-5, rtol=1e-5)
+    generated = tiny_model.generate([torch.zeros(0, tiny_model.hidden_size)], INSTRUCTIONS[:1], max_new_tokens=4)
+    assert generated == tiny_model.generate([tp], INSTRUCTIONS[:1], max_new_tokens=4, task_prompt=False)
+    ppl = tiny_model.perplexity([tp, tp], INSTRUCTIONS, ANSWERS, task_prompt=False)
+    torch.testing.assert_close(ppl, torch.exp(alone / count), atol=1e-4, rtol=1e-4)
     assert tiny_model.config.task_prompt_tokens == 3
     assert "task_prompt" in tiny_model.trainable_parameters()
 
