@@ -51,6 +51,8 @@ def prompt_tokens(model, method: str, documents: list[str], instruction: str) ->
         soft = model.K * len(documents)  # n·K rows
     else:
         soft = model.K  # one mean soft prompt, whatever n
+    if soft:
+        soft += model.config.task_prompt_tokens  # read after the checkpoint's own task prompt, if it has one
     return soft + len(model.prompt_ids(instruction))
 
 

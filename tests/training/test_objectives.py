@@ -211,6 +211,11 @@ def test_a_task_prompt_trains_with_the_task_and_stays_out_of_reconstruction(tiny
     assert float(loss) == pytest.approx(before[1], rel=1e-5)
     loss.backward()
     assert tiny_model.task_prompt.grad is None or tiny_model.task_prompt.grad.abs().sum() == 0
+    # The evaluation counts the positions it reads: K + P for a profile, none without one.
+    from training.evaluate_task import prompt_tokens
+    words = len(tiny_model.prompt_ids("x"))
+    assert prompt_tokens(tiny_model, "commer", ["a"], "x") == tiny_model.K + 2 + words
+    assert prompt_tokens(tiny_model, "none", ["a"], "x") == words
     # Training from a prompt-tuning folder: the run's checkpoint carries it, trained at its own rate.
     start = PromptTuning.from_backbone(tiny_backbone, 2, cache=commer_cache)
     start.save_pretrained(str(tmp_path / "tp"))
