@@ -39,6 +39,11 @@ def retain_freed_memory() -> bool:
     return _retained[0]
 
 
+def thresholds_set() -> bool | None:
+    """Whether retain_freed_memory set the thresholds in this process; None if it was not called."""
+    return _retained[0] if _retained else None
+
+
 def _set_thresholds() -> bool:
     if not sys.platform.startswith("linux") or any(os.environ.get(name) for name in USER_SETTINGS):
         return False

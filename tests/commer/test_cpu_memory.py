@@ -21,9 +21,9 @@ def cycle():
 for _ in range(2):
     cycle()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):
+for _ in range(16):
     cycle()
-print(json.dumps({"retained": retained, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 8}))
+print(json.dumps({"retained": retained, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 16}))
 """
 BLOCK_PAGES = 2048
 
@@ -38,10 +38,11 @@ def faults_per_round(mode: str, env: dict | None = None) -> dict:
 
 
 def test_retained_memory_is_not_faulted_in_again():
-    default, retained = faults_per_round("default"), faults_per_round("retain")
+    # glibc's own moving thresholds map ~1,300 pages in again per round here (in most processes: the count
+    # depends on the heap's layout, and one in ten read ~128); retained, 0-128 in every process.
+    retained = faults_per_round("retain")
     assert retained["retained"] is True
-    assert default["faults"] >= BLOCK_PAGES  # glibc's moving thresholds: at least one block mapped again per round
-    assert retained["faults"] < BLOCK_PAGES / 4
+    assert retained["faults"] <= BLOCK_PAGES / 8
 
 
 def test_a_users_malloc_setting_stands():
@@ -50,6 +51,7 @@ def test_a_users_malloc_setting_stands():
 
 
 def test_loading_a_model_retains(tiny_backbone):
-    from commer import cpu_memory, load_backbone
+    from commer import load_backbone
+    from commer.cpu_memory import thresholds_set
     load_backbone(tiny_backbone)
-    assert cpu_memory._retained == [True]
+    assert thresholds_set() is True
