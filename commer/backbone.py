@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from commer import storage
+from commer.cpu_memory import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,7 @@ def load_backbone(reference: str = DEFAULT_BACKBONE, dtype: str = "float32",
     """(model, tokenizer, identity) for a backbone reference, frozen and in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    retain_freed_memory()  # the forward passes' activations are not page-faulted in again each call
     folder = resolve_backbone(reference, cache)
     identity = backbone_identity(folder)
     with _quiet_loading():

@@ -55,6 +55,17 @@ def test_pipeline_throughput_smoke(news):
         assert loop[1] == job[1] and loop[7:9] == job[7:9] and int(job[7]) > 1
 
 
+def test_pipeline_throughput_marginal_row(news):
+    from benchmarks import pipeline_throughput
+    rows = _rows(pipeline_throughput.main(["--data", news, "--documents", "24", "--device", "cpu",
+                                           "--modes", "tokens:300", "--marginal"]))
+    assert [r[0] for r in rows[:3]] == ["raw forward, documents + K (reference)", "bare compress loop",
+                                        "compress_users (FnApiRunner, minus start-up)"]
+    if len(rows) == 4:  # left out only when the 24-document job did not take longer than the 12-document one
+        assert rows[3][:2] == ["compress_users, marginal (12 → 24 documents)", "tokens 300"]
+        assert float(rows[3][2]) > 0 and float(rows[3][5]) > 0
+
+
 def test_pipeline_throughput_loop_only_runs_no_job(news, tmp_path):
     from benchmarks import pipeline_throughput
     out = tmp_path / "table.md"
