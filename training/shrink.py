@@ -51,6 +51,8 @@ def shrink(model: ComMer, rank: int, cache: str | None = None) -> tuple[ComMer, 
     lora = model.config.lora.model_copy(update={"r": rank, "alpha": rank})
     small = ComMer.from_backbone(model.config.backbone, model.config.model_copy(update={"lora": lora}), cache=cache)
     small.compression_embeddings.data.copy_(model.compression_embeddings.data)
+    if model.task_prompt is not None:  # the checkpoint's own task prompt is no adapter: kept as it is
+        small.task_prompt.data.copy_(model.task_prompt.data)
     energies = []
     targets = adapters(small)
     with torch.no_grad():

@@ -31,6 +31,7 @@ def test_shrunk_checkpoint_keeps_a_low_rank_adapter_exactly(tiny_model, commer_c
             b.zero_()
             b[:, :2] = 0.5 * torch.randn(b.shape[0], 2, generator=g)
     tiny_model.config = tiny_model.config.model_copy(update={"trained": True})
+    tiny_model.attach_task_prompt(0.1 * torch.randn(2, tiny_model.hidden_size, generator=g))
     big = tmp_path / "big"
     tiny_model.save_pretrained(str(big))
     texts = ["the cat sat on the mat", "a quick brown fox jumps"]
@@ -42,6 +43,7 @@ def test_shrunk_checkpoint_keeps_a_low_rank_adapter_exactly(tiny_model, commer_c
     small = ComMer.from_pretrained(str(tmp_path / "small"), cache=commer_cache)
     assert small.config.lora.r == 2 and small.config.training["shrunk"]["energy_kept_min"] == pytest.approx(1.0)
     assert torch.allclose(small.compress(texts), want, atol=1e-4)
+    torch.testing.assert_close(small.task_prompt.data, tiny_model.task_prompt.data)  # the checkpoint's own, kept
     # Rank 1 loses part of each update: the compressions move.
     assert shrink.main(["--checkpoint", str(big), "--rank", "1", "--output", str(tmp_path / "r1"),
                         "--cache_dir", commer_cache]) == 0
