@@ -68,9 +68,15 @@ class ComMer(nn.Module):
             with torch.no_grad():
                 start = embedding(rows.to(embedding.weight.device))
             self.compression_embeddings = nn.Parameter(start.detach().float().clone())
-        P = self.config.task_prompt_tokens
-        # Loaded (from_pretrained) or attached (attach_task_prompt); zeros are never read as trained.
-        self.task_prompt = nn.Parameter(torch.zeros(P, d)) if P else None
+            # A fresh task prompt starts, as prompt tuning's does, at real token embeddings (drawn after the
+            # compression embeddings', which stay as they were); from_pretrained then loads the trained one.
+            P = self.config.task_prompt_tokens
+            self.task_prompt = None
+            if P:
+                rows = torch.randint(0, embedding.weight.shape[0], (P,))
+                with torch.no_grad():
+                    start = embedding(rows.to(embedding.weight.device))
+                self.task_prompt = nn.Parameter(start.detach().float().clone())
         # Special tokens, taken explicitly (see commer.special_tokens).
         self.bos_id = leading_bos_id(tokenizer)
         self.end_of_answer_id = end_of_answer_id(tokenizer, self.uses_chat_template)

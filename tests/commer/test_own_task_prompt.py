@@ -70,3 +70,14 @@ def test_the_task_prompt_is_saved_reloaded_and_fingerprinted(tiny_model, tmp_pat
 def test_attach_refuses_a_prompt_of_another_width(tiny_model):
     with pytest.raises(ValueError, match="task prompt"):
         tiny_model.attach_task_prompt(torch.zeros(4, tiny_model.hidden_size + 1))
+
+
+def test_a_fresh_task_prompt_starts_at_token_embeddings_and_changes_nothing_else(tiny_backbone, commer_cache):
+    from commer import ComMerConfig
+    from conftest import TINY_CONFIG
+    plain = ComMer.from_backbone(tiny_backbone, ComMerConfig(**TINY_CONFIG), cache=commer_cache)
+    own = ComMer.from_backbone(tiny_backbone, ComMerConfig(**TINY_CONFIG, task_prompt_tokens=2), cache=commer_cache)
+    torch.testing.assert_close(own.compression_embeddings, plain.compression_embeddings)
+    vocab = own.embed.weight.float()
+    # Each row is a row of the embedding table (never zeros, which a shrink or a rebuild once left).
+    assert all(bool((vocab - row).abs().sum(1).min() < 1e-6) for row in own.task_prompt.detach())
