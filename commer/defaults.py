@@ -5,10 +5,13 @@ absent (a development tree before training), a seeded untrained checkpoint on th
 backbone is created once in the cache and used instead; its config says trained=false, and
 every job that uses it says so.
 
+The default reads its own task prompt (config.task_prompt_tokens = 8) before every profile: the
+bundled task prompt below, trained 100 more news steps with the profile (issue 23).
+
 Beside it, commer/checkpoints/task_prompt/: the task prompt (prompt tuning without documents,
 commer.task_prompt; 8 soft tokens, a 400-step news schedule at batch 8 whose best validation was
-step 350: at least as many steps as the checkpoint's news stages, 101 + 100 + 200) -- the comparison
-every profile must beat, and the soft prompt a user without a profile gets.
+step 350) -- the comparison every profile must beat, and the soft prompt a user without a profile
+gets. Read it alone with the default: `model.generate([task_prompt()], [x], task_prompt=False)`.
 """
 from __future__ import annotations
 
@@ -50,5 +53,6 @@ def default_task_prompt() -> TaskPrompt:
 
 def task_prompt():
     """The bundled task prompt's (K, d) soft prompt: usable wherever a profile's soft prompt is, with
-    the default checkpoint's backbone -- e.g. `model.generate([task_prompt()], [instruction])`."""
+    the default checkpoint's backbone, read alone -- e.g. `model.generate([task_prompt()], [instruction],
+    task_prompt=False)` (without the flag, a checkpoint with its own task prompt reads that one first)."""
     return default_task_prompt().soft_prompt

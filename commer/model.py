@@ -342,9 +342,13 @@ class ComMer(nn.Module):
         flat = [doc for docs in documents for doc in docs]
         if not flat:
             return [None] * len(documents)
-        group = torch.tensor([i for i, docs in enumerate(documents) for _ in docs], device=self.device)
-        merged = mean_pool(self.compress_token_ids(self.tokenize_documents(flat)[0]), group, len(documents))
-        return [merged[i] if len(docs) else None for i, docs in enumerate(documents)]
+        kept = [i for i, docs in enumerate(documents) if docs]  # mean_pool takes no empty group
+        group = torch.tensor([j for j, i in enumerate(kept) for _ in documents[i]], device=self.device)
+        merged = mean_pool(self.compress_token_ids(self.tokenize_documents(flat)[0]), group, len(kept))
+        out: list[torch.Tensor | None] = [None] * len(documents)
+        for j, i in enumerate(kept):
+            out[i] = merged[j]
+        return out
 
     def answer_logits(self, soft_prompts: Sequence[SoftPrompt], instructions: Sequence[str],
                       answers: Sequence[str], max_prompt_tokens: int | None = None,

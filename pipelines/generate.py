@@ -63,9 +63,9 @@ parser.add_argument("--seed", type=int, default=0,
 parser.add_argument("--batch_size", type=int, default=16, help="Queries generated together per model call.")
 parser.add_argument("--task_prompt", default="default",
                     help="--mode=commer, a user without a profile (personalized=false, counted): default: the "
-                         "checkpoint's own task prompt if it has one, else the one bundled beside the default "
-                         "checkpoint if it fits the checkpoint's backbone; a folder (training.train --method "
-                         "prompt_tuning --num_documents 0); none: no soft prompt.")
+                         "task prompt bundled beside the default checkpoint if it fits the checkpoint's backbone, "
+                         "else the checkpoint's own if it has one; checkpoint: its own, alone; a folder "
+                         "(training.train --method prompt_tuning --num_documents 0); none: no soft prompt.")
 add_merge_flags(parser)
 add_dead_letter_flag(parser)
 add_model_flags(parser)

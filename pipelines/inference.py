@@ -309,19 +309,22 @@ class ComMerGenerator(ModelHandler[GenerationRequest, dict, _Loaded]):
                 instructions.append(text)
                 doc_counts.append(used if r.documents else 0)
         soft = [r.soft_prompt for r in rows]
+        # A profile is read after the checkpoint's own task prompt (if it has one); a cold-start task prompt is
+        # read alone, unless it is that own task prompt (an empty profile).
+        own = [r.personalized or s.task_prompt == CHECKPOINT_TASK_PROMPT for r in rows]
         options = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, temperature=s.temperature,
                        top_p=s.top_p, max_prompt_tokens=limit)
         progress.now(f"generating a batch of {len(rows)} answers (up to {s.max_new_tokens} tokens each)")
         if s.do_sample:
             # One seed per query, so a query's sample does not depend on what it was batched with.
-            texts = [m.generate([p], [x], seed=sample_seed(s.seed, r.query_id), **options)[0]
-                     for p, x, r in zip(soft, instructions, rows)]
+            texts = [m.generate([p], [x], seed=sample_seed(s.seed, r.query_id), task_prompt=f, **options)[0]
+                     for p, x, r, f in zip(soft, instructions, rows, own)]
         else:
-            texts = m.generate(soft, instructions, seed=s.seed, **options)
+            texts = m.generate(soft, instructions, seed=s.seed, task_prompt=own, **options)
         progress.now(f"scoring the references of a batch of {len(rows)}")
         scored = [i for i, r in enumerate(rows) if r.reference is not None]
         perplexity = _perplexities(m, scored, [soft[i] for i in scored], [instructions[i] for i in scored],
-                                   rows, limit, len(rows))
+                                   rows, limit, len(rows), [own[i] for i in scored])
         # The same reference without the profile (no soft prompt, no documents): evaluate compares each
         # personalized query with itself, never with other users' queries.
         paired = [i for i in scored if rows[i].personalized]
@@ -329,9 +332,11 @@ class ComMerGenerator(ModelHandler[GenerationRequest, dict, _Loaded]):
                                        rows, limit, len(rows))
         progress.now()
         progress.add(progress.DONE, len(rows))
-        for r, text, p, x, n, ppl, base in zip(rows, texts, soft, instructions, doc_counts, perplexity, unpersonalized):
-            # A soft prompt is read after the checkpoint's own task prompt, if it has one (P more positions).
-            tokens = len(m.prompt_ids(x, limit)) + (len(p) + m.config.task_prompt_tokens if p is not None else 0)
+        for r, text, p, x, n, ppl, base, f in zip(rows, texts, soft, instructions, doc_counts, perplexity,
+                                                  unpersonalized, own):
+            # P more positions where the soft prompt is read after the checkpoint's own task prompt.
+            tokens = len(m.prompt_ids(x, limit)) + (len(p) + (m.config.task_prompt_tokens if f else 0)
+                                                    if p is not None else 0)
             yield Prediction(user_id=r.user_id, query_id=r.query_id, instruction=r.instruction, prediction=text,
                              personalized=r.personalized, doc_count=n, reference=r.reference,
                              perplexity=ppl, perplexity_unpersonalized=base, prompt_tokens=tokens,
@@ -339,35 +344,39 @@ class ComMerGenerator(ModelHandler[GenerationRequest, dict, _Loaded]):
 
 
 def _perplexities(model, which: list[int], soft: list, instructions: list[str], rows: list[GenerationRequest],
-                  limit: Optional[int], size: int) -> list[Optional[float]]:
+                  limit: Optional[int], size: int, task_prompt: bool | list[bool] = True) -> list[Optional[float]]:
     """Perplexity of the references of rows `which` (None for the others), one batched forward."""
     out: list[Optional[float]] = [None] * size
     if which:
         values = model.perplexity(soft, instructions, [rows[i].reference for i in which],
-                                  max_prompt_tokens=limit).tolist()
+                                  max_prompt_tokens=limit, task_prompt=task_prompt).tolist()
         for i, v in zip(which, values):
             out[i] = float(v)
     return out
 
 
-# GenerationSettings.task_prompt for a checkpoint with its own task prompt: the model reads it before any
-# soft prompt, so a user without a profile is answered with an empty one -- the task prompt alone.
+# GenerationSettings.task_prompt meaning "the checkpoint's own task prompt alone": the model reads it before any
+# soft prompt, so a user without a profile is answered with an empty one.
 CHECKPOINT_TASK_PROMPT = "checkpoint"
 
 
 def cold_start_folder(flag: str, config) -> Optional[str]:
-    """--task_prompt → the folder a user without a profile is answered with, checked against the checkpoint's
-    backbone (a task prompt is a soft prompt in that backbone's embedding space), or None.
+    """--task_prompt → what a user without a profile is answered with: a task-prompt folder (read alone), checked
+    against the checkpoint's backbone (a task prompt is a soft prompt in that backbone's embedding space),
+    CHECKPOINT_TASK_PROMPT, or None.
 
-    'default' is the checkpoint's own task prompt when it has one (CHECKPOINT_TASK_PROMPT), else the task
-    prompt bundled beside the default checkpoint when it fits this checkpoint's backbone, else None (said
-    once in the log); a folder that does not fit is one CLI line."""
+    'default' is the task prompt bundled beside the default checkpoint when it fits this checkpoint's backbone
+    -- also for a checkpoint with its own task prompt, whose own was trained to be read before a profile, never
+    alone (on validation authors alone it scored worse than the bundled one: issue 23) -- else the checkpoint's
+    own if it has one, else None (said once in the log). 'checkpoint' is the checkpoint's own task prompt alone;
+    a folder that does not fit is one CLI line."""
+    own = bool(config.task_prompt_tokens)
     if flag == "none":
         return None
-    if config.task_prompt_tokens:
-        if flag != "default":
-            raise CliError("--task_prompt: this checkpoint reads its own task prompt before every profile; a user "
-                           "without a profile gets it with --task_prompt=default (or none: no soft prompt)")
+    if flag == CHECKPOINT_TASK_PROMPT:
+        if not own:
+            raise CliError("--task_prompt=checkpoint: this checkpoint has no task prompt of its own (use default, "
+                           "a folder, or none)")
         return CHECKPOINT_TASK_PROMPT
     folder = str(BUNDLED_TASK_PROMPT) if flag == "default" else flag
     try:
@@ -375,8 +384,9 @@ def cold_start_folder(flag: str, config) -> Optional[str]:
     except (TaskPromptError, OSError) as exc:
         if flag != "default":
             raise CliError(f"--task_prompt: {exc} (or --task_prompt=none: no soft prompt without a profile)") from None
-        log.info("users without a profile are answered without a soft prompt: %s", exc)
-        return None
+        log.info("users without a profile are answered %s: %s", "with the checkpoint's own task prompt alone"
+                 if own else "without a soft prompt", exc)
+        return CHECKPOINT_TASK_PROMPT if own else None
     return folder
 
 

@@ -45,14 +45,11 @@ def prompt_tokens(model, method: str, documents: list[str], instruction: str) ->
     if method == "text":
         limit = max(model.config.max_prompt_tokens, MAX_PROMPT_TOKENS)
         return len(model.prompt_ids(documents_as_text(documents, instruction), limit))
-    if method == "none" or not documents:
-        soft = 0
-    elif method == "commer_concat":
-        soft = model.K * len(documents)  # n·K rows
-    else:
-        soft = model.K  # one mean soft prompt, whatever n
-    if soft:
-        soft += model.config.task_prompt_tokens  # read after the checkpoint's own task prompt, if it has one
+    if method == "none":
+        return len(model.prompt_ids(instruction))
+    # n·K rows concatenated, or one mean soft prompt whatever n; none without documents
+    soft = model.K * len(documents) if method == "commer_concat" else model.K if documents else 0
+    soft += model.config.task_prompt_tokens  # the checkpoint's own task prompt, read before any (even empty) profile
     return soft + len(model.prompt_ids(instruction))
 
 
@@ -65,20 +62,26 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
 
 def soft_prompts(model, method: str, documents: list[list[str]]) -> list:
     """The generator's soft prompt per example: mean of the compressions (commer), their
-    concatenation, n·K rows (commer_concat, the paper's Figure 7), or none."""
+    concatenation, n·K rows (commer_concat, the paper's Figure 7), or none. An example without
+    documents gets what generate gives a user without a profile: on a checkpoint with its own task
+    prompt an empty (0, d) profile, so that task prompt alone is read; otherwise no soft prompt."""
     if method in ("none", "text"):
         return [None] * len(documents)
     if method == "commer_concat":
         flat = [d for docs in documents for d in docs]
-        if not flat:
-            return [None] * len(documents)
-        compressions = model.compress_token_ids(model.tokenize_documents(flat)[0])
-        out, at = [], 0
-        for docs in documents:
-            out.append(concat_merge(list(compressions[at: at + len(docs)])) if docs else None)
-            at += len(docs)
-        return out
-    return model.merge_documents(documents)
+        out = [None] * len(documents)
+        if flat:
+            compressions = model.compress_token_ids(model.tokenize_documents(flat)[0])
+            out, at = [], 0
+            for docs in documents:
+                out.append(concat_merge(list(compressions[at: at + len(docs)])) if docs else None)
+                at += len(docs)
+    else:
+        out = model.merge_documents(documents)
+    if model.config.task_prompt_tokens:
+        empty = torch.zeros(0, model.hidden_size, device=model.device)
+        out = [p if p is not None else empty for p in out]
+    return out
 
 
 @torch.no_grad()

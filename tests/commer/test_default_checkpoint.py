@@ -1,7 +1,7 @@
 """The bundled trained default checkpoint: present, trained, its record complete, weights intact."""
 import pytest
 
-from commer.checkpoint import read_config
+from commer.checkpoint import TASK_PROMPT_FILE, read_config
 from commer.defaults import BUNDLED_CHECKPOINT, default_checkpoint
 
 
@@ -16,6 +16,9 @@ def test_bundled_checkpoint_is_trained_and_recorded():
     assert tasks[0] == "pretrain" and tasks[-1] == "news" and tasks == sorted(tasks, key=lambda t: t == "news")
     last = stages[-1]["config"]
     assert last["distill_weight"] > 0 and last["contrast_weight"] > 0 and last["autoencoding_ratio"] > 0
+    # Since session 9 it reads its own task prompt, started from the bundled prompt-tuning baseline (issue 23).
+    assert config.task_prompt_tokens == 8 and (BUNDLED_CHECKPOINT / TASK_PROMPT_FILE).exists()
+    assert any(s["config"].get("init_task_prompt") for s in stages)
     assert config.training["recipe"]["plan"]["hardware"] and config.training["shipped"]["weights_dtype"] == "bfloat16"
     for stage in stages:
         assert stage["steps"] > 0 and stage["wall_time_s"] > 0

@@ -13,7 +13,8 @@ settings). Every row scores the SAME examples: documents are retrieved once at t
 Rows
     none                 instruction only, frozen backbone
     prompt tuning        P soft tokens, no documents          (--prompt_tuning_nodocs or --prompt_tuning)
-    ComMer own n         the author's own documents, n = 1 2 4 8 16 (mean of compressions)
+    ComMer own n         the author's own documents, n = 1 2 4 8 16 (mean of compressions); n = 0: what a
+                         user without documents gets (a checkpoint's own task prompt alone, if it has one)
     ComMer other 4       BM25 top-4 for the same query over ANOTHER test author's articles
                          (seeded choice per example, never the same author): the personalization control
     ComMer concat 4      the 4 compressions concatenated, 4·K soft tokens (paper Figure 7)
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt_tuning_nodocs", default=None, help="Prompt-tuning folder for the no-documents row.")
     p.add_argument("--checkpoint_n1", default=None, help="Figure 6: ComMer trained with 1 document.")
     p.add_argument("--checkpoint_n4", default=None, help="Figure 6: ComMer trained with 4 documents.")
-    p.add_argument("--documents", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="ComMer own n.")
+    p.add_argument("--documents", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="ComMer own n (0: no documents -- the checkpoint's own task prompt alone, if it has one).")
     p.add_argument("--other_documents", type=int, default=4)
     p.add_argument("--concat_documents", type=int, default=4, help="Concatenated compressions row (0: skip).")
     p.add_argument("--text_documents", nargs="*", type=int, default=[1, 4, 8])
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> int:
     """Checks and completes the flags; returns the n the examples are built (and length-filtered) at."""
+    if any(n < 0 for n in args.documents):
+        raise DataError("--documents takes n >= 0 (0: no documents)")
     if 4 not in args.documents:
         raise DataError("--documents must include 4: the reference row is ComMer with 4 own documents")
     if not args.retrieved_top_m:
@@ -287,7 +290,7 @@ def run(args) -> dict:
     extras: dict = {}
     if pools.compressed:
         extras["retrieval"] = pool_summary(pools)
-    own = [r for r in rows if r["group"] == "own"]
+    own = [r for r in rows if r["group"] == "own" and r["num_documents"] > 0]  # n = 0 has no place on a log axis
     if len(own) >= 2:
         extras["fit"] = {"n": [r["num_documents"] for r in own],
                          **fit_power_law([r["num_documents"] for r in own], [r["perplexity"] for r in own])}

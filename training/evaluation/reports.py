@@ -140,7 +140,7 @@ def controls_plots(folder: Path, rows: list[dict], extras: dict, reference: str)
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(t) for t in ticks])
 
-    own = [r for r in rows if r["group"] == "own"]
+    own = [r for r in rows if r["group"] == "own" and r["num_documents"] > 0]  # n = 0 is a line, like "none"
     if own:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         ns = [r["num_documents"] for r in own]
@@ -160,6 +160,7 @@ def controls_plots(folder: Path, rows: list[dict], extras: dict, reference: str)
                 ax.plot(grid, pw["a"] * grid ** pw["b"] + pw["c"], ":", color="C3",
                         label=f"{pw['a']:.2f}·n^{pw['b']:.2f}+{pw['c']:.2f} (R²={pw['r2']:.2f})")
         for r, color in ((next((r for r in rows if r["label"] == "none"), None), "C7"),
+                         (next((r for r in rows if r["group"] == "own" and r["num_documents"] == 0), None), "C5"),
                          (next((r for r in rows if r["group"] == "other"), None), "C1"),
                          (next((r for r in rows if r["method"] == "merge_all"), None), "C4")):
             if r is not None:
