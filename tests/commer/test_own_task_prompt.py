@@ -82,22 +82,3 @@ def test_a_fresh_task_prompt_starts_at_token_embeddings_and_changes_nothing_else
     # Each row is a row of the embedding table (never zeros, which a shrink or a rebuild once left).
     assert all(bool((vocab - row).abs().sum(1).min() < 1e-6) for row in own.task_prompt.detach())
 
-
-def test_an_example_without_documents_is_scored_as_generate_answers_it(tiny_model):
-    # evaluate_controls' "ComMer own 0": what a user without documents gets -- nothing on a plain checkpoint,
-    # the checkpoint's own task prompt alone (an empty profile) on one that has it; prompt tokens count it.
-    from training.evaluate_task import prompt_tokens, soft_prompts
-    assert soft_prompts(tiny_model, "commer", [[], []]) == [None, None]
-    mixed = soft_prompts(tiny_model, "commer", [[], ["Text: rain on the river"]])  # a batch may mix both
-    assert mixed[0] is None and mixed[1].shape == (tiny_model.K, tiny_model.hidden_size)
-    bare = prompt_tokens(tiny_model, "commer", [], INSTRUCTIONS[0])
-    assert bare == prompt_tokens(tiny_model, "none", [], INSTRUCTIONS[0])
-    tp = _with_task_prompt(tiny_model)
-    for method in ("commer", "commer_concat"):
-        prompts = soft_prompts(tiny_model, method, [[], ["Text: rain on the river"]])
-        assert prompts[0].shape == (0, tiny_model.hidden_size) and prompts[1].shape[0] > 0
-        assert prompt_tokens(tiny_model, method, [], INSTRUCTIONS[0]) == bare + 3
-    with torch.no_grad():
-        scored, _ = tiny_model.answer_nll(soft_prompts(tiny_model, "commer", [[], []]), INSTRUCTIONS, ANSWERS)
-        alone, _ = tiny_model.answer_nll([tp, tp], INSTRUCTIONS, ANSWERS, task_prompt=False)
-    torch.testing.assert_close(scored, alone, atol=1e-5, rtol=1e-5)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.evaluate_task import prompt_tokens, soft_prompts
 from training.evaluation import controls
 from training.evaluation.statistics import fit_power_law, token_perplexity
 from training.probes import reconstruction_examples, reconstruction_perplexity
@@ -239,3 +240,27 @@ def test_evaluate_by_function_is_the_command_line(monkeypatch):
     expected = controls.build_parser().parse_args(argv)
     expected.argv = argv
     assert vars(seen[0]) == vars(expected)
+
+
+INSTRUCTIONS = ["Generate a headline for: rivers rise", "Generate a headline for: a quiet market"]
+ANSWERS = ["Rivers rise", "Markets calm"]
+
+
+def test_an_example_without_documents_is_scored_as_generate_answers_it(tiny_model):
+    # evaluate_controls' "ComMer own 0": what a user without documents gets -- nothing on a plain checkpoint,
+    # the checkpoint's own task prompt alone (an empty profile) on one that has it; prompt tokens count it.
+    assert soft_prompts(tiny_model, "commer", [[], []]) == [None, None]
+    mixed = soft_prompts(tiny_model, "commer", [[], ["Text: rain on the river"]])  # a batch may mix both
+    assert mixed[0] is None and mixed[1].shape == (tiny_model.K, tiny_model.hidden_size)
+    bare = prompt_tokens(tiny_model, "commer", [], INSTRUCTIONS[0])
+    assert bare == prompt_tokens(tiny_model, "none", [], INSTRUCTIONS[0])
+    tp = torch.randn(3, tiny_model.hidden_size) * tiny_model.embed.weight.std()
+    tiny_model.attach_task_prompt(tp)
+    for method in ("commer", "commer_concat"):
+        prompts = soft_prompts(tiny_model, method, [[], ["Text: rain on the river"]])
+        assert prompts[0].shape == (0, tiny_model.hidden_size) and prompts[1].shape[0] > 0
+        assert prompt_tokens(tiny_model, method, [], INSTRUCTIONS[0]) == bare + 3
+    with torch.no_grad():
+        scored, _ = tiny_model.answer_nll(soft_prompts(tiny_model, "commer", [[], []]), INSTRUCTIONS, ANSWERS)
+        alone, _ = tiny_model.answer_nll([tp, tp], INSTRUCTIONS, ANSWERS, task_prompt=False)
+    torch.testing.assert_close(scored, alone, atol=1e-5, rtol=1e-5)
