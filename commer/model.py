@@ -64,19 +64,17 @@ class ComMer(nn.Module):
             # them: through the embedding module, so a built-in multiplier (Gemma 3 scales by
             # sqrt(d)) is included and the new slots start at the scale real tokens have.
             embedding = backbone.get_input_embeddings()
-            rows = torch.randint(0, embedding.weight.shape[0], (self.config.num_compression_tokens,))
-            with torch.no_grad():
-                start = embedding(rows.to(embedding.weight.device))
-            self.compression_embeddings = nn.Parameter(start.detach().float().clone())
+
+            def token_embeddings(n: int) -> nn.Parameter:  # n random vocabulary rows, float32
+                rows = torch.randint(0, embedding.weight.shape[0], (n,))
+                with torch.no_grad():
+                    return nn.Parameter(embedding(rows.to(embedding.weight.device)).detach().float().clone())
+
+            self.compression_embeddings = token_embeddings(self.config.num_compression_tokens)
             # A fresh task prompt starts, as prompt tuning's does, at real token embeddings (drawn after the
             # compression embeddings', which stay as they were); from_pretrained then loads the trained one.
             P = self.config.task_prompt_tokens
-            self.task_prompt = None
-            if P:
-                rows = torch.randint(0, embedding.weight.shape[0], (P,))
-                with torch.no_grad():
-                    start = embedding(rows.to(embedding.weight.device))
-                self.task_prompt = nn.Parameter(start.detach().float().clone())
+            self.task_prompt = token_embeddings(P) if P else None
         # Special tokens, taken explicitly (see commer.special_tokens).
         self.bos_id = leading_bos_id(tokenizer)
         self.end_of_answer_id = end_of_answer_id(tokenizer, self.uses_chat_template)
