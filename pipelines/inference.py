@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 
 from commer import ComMer
 from commer.backbone import resolve_backbone
-from commer.checkpoint import read_config
+from commer.checkpoint import read_config, read_weights
 from commer.defaults import BUNDLED_TASK_PROMPT
 from commer.model import tokenize_documents
 from commer.packing import cost
@@ -309,9 +309,8 @@ class ComMerGenerator(ModelHandler[GenerationRequest, dict, _Loaded]):
                 instructions.append(text)
                 doc_counts.append(used if r.documents else 0)
         soft = [r.soft_prompt for r in rows]
-        # A profile is read after the checkpoint's own task prompt (if it has one); a cold-start task prompt is
-        # read alone, unless it is that own task prompt (an empty profile).
-        own = [r.personalized or s.task_prompt == CHECKPOINT_TASK_PROMPT for r in rows]
+        # A profile is read after the checkpoint's own task prompt (if it has one); a cold-start prompt alone.
+        own = [r.personalized for r in rows]
         options = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, temperature=s.temperature,
                        top_p=s.top_p, max_prompt_tokens=limit)
         progress.now(f"generating a batch of {len(rows)} answers (up to {s.max_new_tokens} tokens each)")
@@ -355,8 +354,7 @@ def _perplexities(model, which: list[int], soft: list, instructions: list[str], 
     return out
 
 
-# GenerationSettings.task_prompt meaning "the checkpoint's own task prompt alone": the model reads it before any
-# soft prompt, so a user without a profile is answered with an empty one.
+# GenerationSettings.task_prompt meaning "the checkpoint's own task prompt", read alone like any cold-start prompt.
 CHECKPOINT_TASK_PROMPT = "checkpoint"
 
 
@@ -391,10 +389,9 @@ def cold_start_folder(flag: str, config) -> Optional[str]:
 
 
 def cold_start_prompt(settings: GenerationSettings) -> Optional[np.ndarray]:
-    """The (K, d) task prompt of `settings` as the array PlanUser hands out ((0, d) where the checkpoint reads
-    its own before it), or None."""
+    """The (K, d) task prompt of `settings` as the array PlanUser hands out, or None."""
     if settings.task_prompt == CHECKPOINT_TASK_PROMPT:
-        return np.zeros((0, read_config(settings.checkpoint).hidden_size), dtype=np.float32)
+        return read_weights(settings.checkpoint, settings.cache_dir).task_prompt.float().numpy()
     return load_task_prompt(settings.task_prompt).soft_prompt.numpy() if settings.task_prompt else None
 
 
