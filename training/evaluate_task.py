@@ -63,8 +63,8 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
 def soft_prompts(model, method: str, documents: list[list[str]]) -> list:
     """The generator's soft prompt per example: mean of the compressions (commer), their
     concatenation, n·K rows (commer_concat, the paper's Figure 7), or none. An example without
-    documents gets what generate gives a user without a profile: on a checkpoint with its own task
-    prompt an empty (0, d) profile, so that task prompt alone is read; otherwise no soft prompt."""
+    documents gets, on a checkpoint with its own task prompt, an empty (0, d) profile, so that task
+    prompt is read alone (generate --task_prompt=checkpoint); otherwise no soft prompt."""
     if method in ("none", "text"):
         return [None] * len(documents)
     if method == "commer_concat":

@@ -246,8 +246,8 @@ INSTRUCTIONS = ["Generate a headline for: rivers rise", "Generate a headline for
 ANSWERS = ["Rivers rise", "Markets calm"]
 
 
-def test_an_example_without_documents_is_scored_as_generate_answers_it(tiny_model):
-    # evaluate_controls' "ComMer own 0": what a user without documents gets -- nothing on a plain checkpoint,
+def test_an_example_without_documents_reads_the_own_task_prompt_alone(tiny_model):
+    # evaluate_controls' "ComMer own 0": no documents -- nothing on a plain checkpoint,
     # the checkpoint's own task prompt alone (an empty profile) on one that has it; prompt tokens count it.
     assert soft_prompts(tiny_model, "commer", [[], []]) == [None, None]
     mixed = soft_prompts(tiny_model, "commer", [[], ["Text: rain on the river"]])  # a batch may mix both

@@ -13,8 +13,8 @@ settings). Every row scores the SAME examples: documents are retrieved once at t
 Rows
     none                 instruction only, frozen backbone
     prompt tuning        P soft tokens, no documents          (--prompt_tuning_nodocs or --prompt_tuning)
-    ComMer own n         the author's own documents, n = 1 2 4 8 16 (mean of compressions); n = 0: what a
-                         user without documents gets (a checkpoint's own task prompt alone, if it has one)
+    ComMer own n         the author's own documents, n = 1 2 4 8 16 (mean of compressions); n = 0: no documents,
+                         a checkpoint's own task prompt alone if it has one (generate --task_prompt=checkpoint)
     ComMer other 4       BM25 top-4 for the same query over ANOTHER test author's articles
                          (seeded choice per example, never the same author): the personalization control
     ComMer concat 4      the 4 compressions concatenated, 4·K soft tokens (paper Figure 7)
